@@ -1,4 +1,4 @@
-"""The bundled webhook's key store: one SQLite file under /var/lib/hatchway.
+"""The bundled webhook's key store: one SQLite file under /var/lib/hatchway/webhook.
 
 WAL mode and a busy timeout make it safe for the webhook server and any number
 of admin commands at once; each write is one short transaction.
@@ -13,7 +13,7 @@ from contextlib import contextmanager
 
 from . import sshkeys
 
-DEFAULT_PATH = "/var/lib/hatchway/keys.db"
+DEFAULT_PATH = "/var/lib/hatchway/webhook/keys.db"
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS users (
@@ -54,6 +54,11 @@ class Store:
         self.db.executescript(SCHEMA)
         if new:
             os.chmod(path, 0o640)
+            # The webhook runs as its own user and must own the file; SQLite then
+            # gives the -wal/-shm files it creates as root the same owner.
+            parent = os.stat(os.path.dirname(os.path.abspath(path)))
+            if os.geteuid() == 0 and parent.st_uid != 0:
+                os.chown(path, parent.st_uid, parent.st_gid)
 
     @contextmanager
     def tx(self):

@@ -1,0 +1,273 @@
+"""The real thing, on loopback: the installed .deb, Debian's sshd with the
+shipped drop-in, dockerd, the bundled webhook and hatchwayd.
+
+Everything here drives installed binaries (/usr/sbin/hatchwayd,
+/usr/lib/hatchway/*, /usr/bin/hatchway) and real clients; nothing imports the
+work tree.  Ports and paths are fixed, so only one stack runs per machine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+CONFIG = Path("/etc/hatchway/hatchway.yaml")
+SSHD_PORT = 2222
+WEBHOOK_PORT = 18642
+IMAGE = "hatchway/demo:latest"
+MEMBERS = ("alice", "bob")
+OUTSIDER = "carol"
+
+
+def run(argv, check=True, **kw) -> subprocess.CompletedProcess:
+    kw.setdefault("capture_output", True)
+    kw.setdefault("text", True)
+    p = subprocess.run(argv, **kw)
+    if check and p.returncode != 0:
+        raise RuntimeError(f"{argv} failed ({p.returncode}): {p.stderr or p.stdout}")
+    return p
+
+
+def wait_for(predicate, timeout: float, interval: float = 0.05, what: str = "condition"):
+    end = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > end:
+            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+class Stack:
+    def __init__(self, tmp: Path):
+        self.tmp = tmp
+        self.keys: dict[str, Path] = {}
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.base_config = {
+            "auth": {"webhook": {"url": f"http://127.0.0.1:{WEBHOOK_PORT}"}},
+            "docker": {"image": IMAGE},
+            "daemon": {"reap_interval": "60s"},
+            "log": {"level": "debug"},
+        }
+        self.config = self.base_config
+
+    # ------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        run([str(ROOT / "tests/setup/services")], capture_output=False)
+        self.saved_config = CONFIG.read_bytes() if CONFIG.exists() else None
+        self.write_config(self.base_config)
+        run(["install", "-d", "-m", "0750", "-o", "hatchway", "-g", "hatchway-users",
+             "/run/hatchway"])
+        self.start_webhook()
+        self.start_daemon()
+        for name in MEMBERS:
+            self.add_member(name)
+        self.add_outsider(OUTSIDER)
+        run(["hatchway", "sshd", "enable"])
+        self.start_sshd()
+
+    def stop(self) -> None:
+        for name in list(self.procs):
+            self.stop_proc(name)
+        if self.saved_config is not None:
+            CONFIG.write_bytes(self.saved_config)
+
+    def stop_proc(self, name: str, sig=signal.SIGTERM) -> None:
+        p = self.procs.pop(name, None)
+        if p and p.poll() is None:
+            p.send_signal(sig)
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+    def _spawn(self, name: str, argv: list[str], log: str) -> subprocess.Popen:
+        out = open(self.tmp / log, "ab")
+        p = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                             start_new_session=True)
+        self.procs[name] = p
+        return p
+
+    def start_webhook(self) -> None:
+        # as the packaged service runs it: its own user, owning the store's directory
+        self.db.parent.mkdir(exist_ok=True)
+        shutil.chown(self.db.parent, "hatchway-webhook", "hatchway-webhook")
+        os.chmod(self.tmp, 0o755)
+        self._spawn("webhook", ["setpriv", "--reuid=hatchway-webhook", "--regid=hatchway-webhook",
+                                "--init-groups", "hatchway", "webhook", "serve", "--listen",
+                                f"127.0.0.1:{WEBHOOK_PORT}", "--db", str(self.db)], "webhook.log")
+        wait_for(lambda: _port_open(WEBHOOK_PORT), 15, what="the webhook")
+
+    @property
+    def db(self) -> Path:
+        return self.tmp / "webhook" / "keys.db"
+
+    def start_daemon(self) -> subprocess.Popen:
+        before = self.daemon_log().count("listening on")
+        p = self._spawn("daemon", ["setpriv", "--reuid=hatchway", "--regid=hatchway",
+                                   "--init-groups", "/usr/sbin/hatchwayd"], "hatchwayd.log")
+
+        def listening():
+            if p.poll() is not None:
+                raise RuntimeError(f"hatchwayd exited: {self.daemon_log()[-2000:]}")
+            return self.daemon_log().count("listening on") > before
+        wait_for(listening, 15, what="hatchwayd to listen")
+        return p
+
+    def stop_daemon(self, sig=signal.SIGTERM) -> None:
+        self.stop_proc("daemon", sig)
+
+    def restart_daemon(self) -> None:
+        self.stop_daemon()
+        self.start_daemon()
+
+    def daemon_log(self) -> str:
+        try:
+            return (self.tmp / "hatchwayd.log").read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def start_sshd(self) -> None:
+        hostkey = self.tmp / "ssh_host_ed25519_key"
+        if not hostkey.exists():
+            run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(hostkey)])
+        os.makedirs("/run/sshd", exist_ok=True)
+        # Debian's own main config (which includes the drop-in directory), on a
+        # loopback port with a host key of our own.
+        self._spawn("sshd", ["/usr/sbin/sshd", "-D", "-f", "/etc/ssh/sshd_config",
+                             "-o", f"Port={SSHD_PORT}", "-o", "ListenAddress=127.0.0.1",
+                             "-o", f"PidFile={self.tmp}/sshd.pid", "-o", "LogLevel=VERBOSE",
+                             "-h", str(hostkey), "-E", str(self.tmp / "sshd.log")], "sshd.out")
+        wait_for(lambda: _port_open(SSHD_PORT), 15, what="sshd")
+
+    def reload_sshd(self) -> None:
+        self.procs["sshd"].send_signal(signal.SIGHUP)
+        time.sleep(0.5)
+        wait_for(lambda: _port_open(SSHD_PORT), 15, what="sshd after reload")
+
+    # ------------------------------------------------------------ config
+
+    def write_config(self, cfg: dict) -> None:
+        CONFIG.parent.mkdir(parents=True, exist_ok=True)
+        CONFIG.write_text(yaml.safe_dump(cfg, sort_keys=False))
+        os.chmod(CONFIG, 0o644)
+
+    def reconfigure(self, overrides: dict | None) -> None:
+        """Rewrite the config (base + overrides) and restart the daemon."""
+        cfg = _merge(self.base_config, overrides or {})
+        if cfg == self.config:
+            return
+        self.config = cfg
+        self.write_config(cfg)
+        self.restart_daemon()
+
+    # ------------------------------------------------------------ users
+
+    def keygen(self, name: str) -> Path:
+        key = self.tmp / f"{name}_ed25519"
+        if not key.exists():
+            run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"{name}@test",
+                 "-f", str(key)])
+        self.keys[name] = key
+        return key
+
+    def add_member(self, name: str) -> Path:
+        key = self.keygen(name)
+        run(["hatchway", "users", "remove", name, "--db", str(self.db)], check=False)
+        run(["hatchway", "users", "add", name, "--key", f"{key}.pub", "--db", str(self.db)])
+        return key
+
+    def add_outsider(self, name: str) -> Path:
+        key = self.keygen(name)
+        try:
+            pwd.getpwnam(name)
+        except KeyError:
+            run(["useradd", "--create-home", "--shell", "/bin/sh", "--password", "*", name])
+        home = Path(pwd.getpwnam(name).pw_dir)
+        ssh = home / ".ssh"
+        ssh.mkdir(mode=0o700, exist_ok=True)
+        shutil.copy(f"{key}.pub", ssh / "authorized_keys")
+        uid = pwd.getpwnam(name).pw_uid
+        for p in (ssh, ssh / "authorized_keys"):
+            os.chown(p, uid, uid)
+        return key
+
+    # ------------------------------------------------------------ clients
+
+    def ssh_argv(self, user: str, command: str | None = None, tty: bool = False,
+                 options: tuple = (), key: Path | None = None) -> list[str]:
+        argv = ["ssh", "-F", "/dev/null", "-p", str(SSHD_PORT),
+                "-i", str(key or self.keys[user]),
+                "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes",
+                "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+                "-o", "LogLevel=ERROR", "-o", "ConnectTimeout=20"]
+        argv += ["-tt"] if tty else ["-T"]
+        argv += list(options)
+        argv.append(f"{user}@127.0.0.1")
+        if command is not None:
+            argv.append(command)
+        return argv
+
+    def ssh(self, user: str, command: str | None = None, input: bytes | None = None,
+            timeout: float = 120, tty: bool = False, options: tuple = (),
+            key: Path | None = None) -> subprocess.CompletedProcess:
+        return subprocess.run(self.ssh_argv(user, command, tty, options, key), input=input,
+                              capture_output=True, timeout=timeout,
+                              stdin=None if input is not None else subprocess.DEVNULL)
+
+    def spawn(self, user: str, command: str | None = None, dimensions=(24, 80),
+              options: tuple = ()):
+        import pexpect
+        argv = self.ssh_argv(user, command, tty=True, options=options)
+        return pexpect.spawn(argv[0], argv[1:], dimensions=dimensions, timeout=30)
+
+    # ------------------------------------------------------------ containers
+
+    def containers(self, **labels: str) -> list[dict]:
+        filters = ["--filter", "label=io.hatchway.managed=true"]
+        for k, v in labels.items():
+            filters += ["--filter", f"label=io.hatchway.{k}={v}"]
+        out = run(["docker", "ps", "-a", "--no-trunc", "--format", "{{json .}}", *filters]).stdout
+        return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+    def wait_no_containers(self, timeout: float = 10, **labels: str) -> None:
+        wait_for(lambda: not self.containers(**labels), timeout, 0.1,
+                 what=f"session containers {labels or ''} to be removed")
+
+    def auth_log(self) -> str:
+        try:
+            return Path("/var/log/auth.log").read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+
+def _port_open(port: int) -> bool:
+    import socket
+    s = socket.socket()
+    s.settimeout(0.5)
+    try:
+        s.connect(("127.0.0.1", port))
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
