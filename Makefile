@@ -6,7 +6,8 @@
 VERSION := $(shell sed -n '1s/.*(\(.*\)).*/\1/p' debian/changelog)
 DEB     := dist/hatchway_$(VERSION)_all.deb
 PYTHON  := /usr/bin/python3
-# Only one end-to-end stack fits on a machine (fixed ports, one dockerd).
+# One end-to-end stack per machine (fixed ports, the installed package, one
+# /etc/hatchway): `make test` holds this lock from install to the last test.
 LOCK    := flock /run/lock/hatchway-e2e.lock
 
 .PHONY: deps deb install demo test unit e2e lint clean
@@ -29,9 +30,10 @@ unit:
 	$(PYTHON) -m pytest -q tests/unit
 
 e2e:
-	$(LOCK) $(PYTHON) -m pytest -q -rfE tests/e2e $(PYTEST_ARGS)
+	$(PYTHON) -m pytest -q -rfE tests/e2e $(PYTEST_ARGS)
 
-test: install unit e2e
+test: deb
+	$(LOCK) $(MAKE) --no-print-directory install unit e2e
 
 clean:
 	rm -rf dist build .pybuild *.egg-info

@@ -105,6 +105,8 @@ def main(argv: list[str] | None = None) -> int:
 
     sock_path = cfg["daemon"]["socket"]
     server = listen(sock_path)
+    pid_path = os.path.join(os.path.dirname(sock_path), "hatchwayd.pid")
+    _write_pid(pid_path)
     log.info("listening on %s (backend %s)", sock_path, cfg["backend"])
 
     stopping = []
@@ -144,11 +146,24 @@ def main(argv: list[str] | None = None) -> int:
 
     log.info("stopping; live sessions keep running")
     server.close()
-    try:
-        os.unlink(sock_path)
-    except OSError:
-        pass
+    for path in (sock_path, pid_path):
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
     return 0
+
+
+def _write_pid(path: str) -> None:
+    """The main process's pid, for tools that must stop it and not the sessions
+    (which run the same program)."""
+    try:
+        tmp = f"{path}.{os.getpid()}"
+        with open(tmp, "w", encoding="ascii") as f:
+            f.write(f"{os.getpid()}\n")
+        os.replace(tmp, path)
+    except OSError as e:
+        log.warning("cannot write %s: %s", path, e)
 
 
 def _collect_children() -> bool:

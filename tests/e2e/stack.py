@@ -115,6 +115,7 @@ class Stack:
         return self.tmp / "webhook" / "keys.db"
 
     def start_daemon(self) -> subprocess.Popen:
+        stop_foreign_daemon()
         before = self.daemon_log().count("listening on")
         p = self._spawn("daemon", ["setpriv", "--reuid=hatchway", "--regid=hatchway",
                                    "--init-groups", "/usr/sbin/hatchwayd"], "hatchwayd.log")
@@ -251,6 +252,23 @@ class Stack:
             return Path("/var/log/auth.log").read_text(errors="replace")
         except FileNotFoundError:
             return ""
+
+
+def stop_foreign_daemon() -> None:
+    """A hatchwayd not started by this suite (the demo's, say) would lose its
+    socket to ours; stop its main process (sessions are separate processes)."""
+    def is_hatchwayd(pid: int) -> bool:
+        try:
+            return "hatchwayd" in Path(f"/proc/{pid}/cmdline").read_text(errors="replace")
+        except OSError:
+            return False
+    try:
+        pid = int(Path("/run/hatchway/hatchwayd.pid").read_text())
+    except (OSError, ValueError):
+        return
+    if is_hatchwayd(pid):           # a stale file may name a reused pid
+        os.kill(pid, signal.SIGTERM)
+        wait_for(lambda: not is_hatchwayd(pid), 10, what=f"hatchwayd {pid} to stop")
 
 
 def _port_open(port: int) -> bool:
