@@ -14,7 +14,7 @@ import os
 import socket
 import time
 
-from . import backends, commands, labels, peer
+from . import backends, commands, labels, peer, resolve, terminal
 from .backends.base import BackendError, SessionSpec
 from .hatchway_shell import pack
 from .relay import Relay
@@ -124,19 +124,21 @@ class Session:
         except ValueError:
             raise peer.Refused("malformed command", "command_b64 not base64") from None
 
-        cfg = self.cfg
+        conn_id = peer.connection_id(pid)
+        remote = remote_address(hello.get("ssh_connection"))
+        try:
+            cfg = resolve.effective_config(self.cfg, user=pw.pw_name, uid=uid,
+                                           remote_address=remote, connection_id=conn_id)
+        except resolve.ConfigRefused as e:
+            raise peer.Refused(str(e), f"config: {e}") from None
         kind, argv = commands.plan(command, cfg["session"])
         term = hello.get("term") if pty and isinstance(hello.get("term"), str) else None
-        size = None
-        if pty:
-            from . import terminal
-            size = terminal.size(self.fds[0])
-        conn_id = peer.connection_id(pid)
+        size = terminal.size(self.fds[0]) if pty else None
         spec = SessionSpec(
             user=pw.pw_name, uid=uid, session_id=self.session_id, connection_id=conn_id,
             kind=kind, argv=argv, pty=pty, term=term, size=size,
             env=filter_env(hello.get("env"), cfg["session"]["env_allow"]),
-            remote_address=remote_address(hello.get("ssh_connection")),
+            remote_address=remote,
             config=cfg,
         )
         spec.labels = labels.for_session(spec.user, spec.session_id, conn_id,
