@@ -170,21 +170,46 @@ def check(config_path):
                 (problems if cfg["docker"]["pull"] == "Never" else notes).append(msg)
         except DockerError as e:
             problems.append(f"docker: {e}")
+        problems += _daemon_socket_access(cfg["docker"]["host"])
 
     sock = cfg["daemon"]["socket"]
     if not os.path.exists(sock):
         problems.append(f"hatchwayd: no socket at {sock} (is hatchway.service running?)")
-    try:
-        d = sshd_snippet.drift()
-        (problems.append(f"sshd: {d}") if d else notes.append("sshd: drop-in matches the template"))
-    except (sshd_snippet.SnippetError, OSError) as e:
-        problems.append(f"sshd: {e}")
+    sshd_problems, sshd_notes = sshd_snippet.check()
+    problems += [f"sshd: {p}" for p in sshd_problems]
+    notes += [f"sshd: {n}" for n in sshd_notes]
 
     for n in notes:
         click.echo(f"ok   {n}")
     for p in problems:
         click.echo(f"FAIL {p}")
     sys.exit(1 if problems else 0)
+
+
+def _daemon_socket_access(host: str, user: str = "hatchway") -> list[str]:
+    """`check` runs as root, which reaches any socket; the daemon runs as
+    `hatchway` and needs the socket's group (docker installed after Hatchway,
+    or a socket with another group, leave it out)."""
+    import grp
+    import pwd
+    if not host.startswith("unix://"):
+        return []
+    path = host[len("unix://"):]
+    try:
+        st = os.stat(path)
+        pw = pwd.getpwnam(user)
+    except (OSError, KeyError):
+        return []               # reachability is reported above
+    groups = os.getgrouplist(user, pw.pw_gid)
+    if st.st_uid == pw.pw_uid or st.st_mode & stat.S_IWOTH or \
+            (st.st_gid in groups and st.st_mode & stat.S_IWGRP):
+        return []
+    try:
+        gname = grp.getgrgid(st.st_gid).gr_name
+    except KeyError:
+        gname = str(st.st_gid)
+    return [f"docker: user {user} cannot open {path} (not in its group {gname}): run "
+            f"`adduser {user} {gname}`, then restart hatchwayd"]
 
 
 def _secret_problems(path: str, what: str, secret: bool) -> list[str]:
