@@ -1,7 +1,9 @@
 # Hatchway — build, demo and test on Debian 12 (as root).
 #   make demo   build and install the .deb, start everything, log in over SSH
-#   make test   build and install the .deb, run the unit and end-to-end tests
+#   make test   build the .deb, run the packaging tests, install it, run the unit
+#               and end-to-end tests
 #   make deb    just the package: dist/hatchway_<version>_all.deb
+#   make package-test   the .deb in clean Debian 12/13 roots and under systemd
 
 VERSION := $(shell sed -n '1s/.*(\(.*\)).*/\1/p' debian/changelog)
 DEB     := dist/hatchway_$(VERSION)_all.deb
@@ -9,8 +11,11 @@ PYTHON  := /usr/bin/python3
 # One end-to-end stack per machine (fixed ports, the installed package, one
 # /etc/hatchway): `make test` holds this lock from install to the last test.
 LOCK    := flock /run/lock/hatchway-e2e.lock
+# The .deb in throwaway roots (cached in /var/cache/hatchway-test), never on
+# this host, so without the lock.
+PACKAGE_TEST := $(PYTHON) -m pytest -q -rfE tests/package $(PACKAGE_TEST_ARGS)
 
-.PHONY: deps deb install demo test unit e2e lint clean
+.PHONY: deps deb install demo test unit e2e package-test lint clean
 
 deps:
 	tests/setup/deps
@@ -32,7 +37,11 @@ unit:
 e2e:
 	$(PYTHON) -m pytest -q -rfE tests/e2e $(PYTEST_ARGS)
 
+package-test: deb
+	$(PACKAGE_TEST)
+
 test: deb
+	$(PACKAGE_TEST)
 	$(LOCK) $(MAKE) --no-print-directory install unit e2e
 
 clean:

@@ -1,0 +1,245 @@
+"""The package under real systemd (a Debian 12 root booted with systemd-nspawn):
+both units start sandboxed on install, a login goes all the way through them
+(sshd -> hatchway-keys -> webhook service; hatchway-shell -> hatchwayd ->
+the host's Docker engine), sessions survive `systemctl restart hatchway` and a
+package upgrade with their exit status intact, and remove/purge leave nothing
+running.
+
+The tests share one booted machine and run in file order, as an admin's steps
+would: install the previous build, log in, restart, upgrade, remove, purge.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+
+import pexpect
+import pytest
+
+from .machine import Machine
+from .roots import Root, RootError
+
+IMAGE = "hatchway/demo:latest"
+SSH = ["ssh", "-i", "/root/alice", "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes",
+       "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+       "-o", "LogLevel=ERROR", "-o", "ConnectTimeout=30"]
+UNITS = ("hatchway.service", "hatchway-webhook.service")
+
+
+@pytest.fixture(scope="module")
+def machine(deb, old_deb, docker_gid):
+    root = Root.copy("bookworm-systemd")
+    m = None
+    try:
+        try:
+            root.satisfy(deb)
+        except RootError:
+            root.apt_update()       # the dependencies changed since the root was cached
+            root.satisfy(deb)
+        # the host's docker group, as if docker.io were installed in the machine
+        root.run(["groupadd", "-o", "-g", str(docker_gid), "docker"])
+        for d in (deb, old_deb):
+            root.put(d, f"/root/{d.name}")
+        m = Machine(root)
+        m.boot()
+        yield m
+    finally:
+        left = m.shutdown() if m is not None else []
+        root.destroy()
+    assert left == [], f"session containers were left behind: {left}"
+
+
+def wait_ready(machine: Machine, timeout: float = 30) -> None:
+    """Type=simple units are "active" at once; ready is when they listen."""
+    end = time.monotonic() + timeout
+    probe = "test -S /run/hatchway/hatchwayd.sock && exec 3<>/dev/tcp/127.0.0.1/8642"
+    while machine.run(["bash", "-c", probe], check=False).returncode != 0:
+        if time.monotonic() > end:
+            raise AssertionError("hatchwayd or the webhook did not come up:\n" +
+                                 machine.run(["journalctl", "-n", "30"]).stdout)
+        time.sleep(0.2)
+
+
+def ssh(machine: Machine, command: str, **kw) -> subprocess.CompletedProcess:
+    return machine.run([*SSH, "alice@127.0.0.1", command], check=False, timeout=120, **kw)
+
+
+def start_session(machine: Machine, command: str) -> subprocess.Popen:
+    """A live session: returns once the container has printed `started`."""
+    p = machine.popen([*SSH, "alice@127.0.0.1", command], stdout=subprocess.PIPE,
+                      stderr=subprocess.PIPE, text=True)
+    line = p.stdout.readline()
+    assert line == "started\n", (line, p.stderr.read() if p.poll() is not None else "")
+    return p
+
+
+def finish(p: subprocess.Popen) -> tuple[int, str, str]:
+    out, err = p.communicate(timeout=120)
+    return p.returncode, out, err
+
+
+# ------------------------------------------------------------------ install
+
+def test_install_starts_both_services(machine, old_deb):
+    machine.run(["dpkg", "-i", f"/root/{old_deb.name}"])
+    wait_ready(machine)
+    for unit, user in zip(UNITS, ("hatchway", "hatchway-webhook")):
+        assert machine.active(unit) == "active", machine.run(["journalctl", "-u", unit]).stdout
+        pid = machine.main_pid(unit)
+        uid = machine.proc_status(pid)["Uid"].split()[0]
+        assert machine.run(["id", "-un", uid]).stdout.strip() == user
+    assert "docker" in machine.run(["id", "-nG", "hatchway"]).stdout.split()
+    assert machine.sh("test -S /run/hatchway/hatchwayd.sock").returncode == 0
+
+
+def test_the_sandbox_is_in_force(machine):
+    for unit in UNITS:
+        pid = machine.main_pid(unit)
+        status = machine.proc_status(pid)
+        assert status["NoNewPrivs"] == "1", unit
+        assert status["Seccomp"] == "2", unit
+        assert int(status["CapEff"], 16) == 0 and int(status["CapBnd"], 16) == 0, unit
+        mounts = machine.mounts_of(pid)
+        for path in ("/", "/etc", "/usr", "/var/lib", "/home"):
+            assert "ro" in mount_for(mounts, path), (unit, path)
+        devices = machine.run(["ls", f"/proc/{pid}/root/dev"]).stdout.split()
+        assert "null" in devices and not any(d.startswith(("vd", "sd", "kmsg", "mem"))
+                                             for d in devices), devices
+    daemon = machine.mounts_of(machine.main_pid("hatchway.service"))
+    assert "rw" in mount_for(daemon, "/run/hatchway/hatchwayd.sock")
+    webhook_pid = machine.main_pid("hatchway-webhook.service")
+    webhook = machine.mounts_of(webhook_pid)
+    assert "rw" in mount_for(webhook, "/var/lib/hatchway/webhook/keys.db")
+    # ProtectHome=yes: the webhook does not even see the home directories
+    assert "/home" in webhook
+    assert machine.run(["ls", "/root"]).stdout != ""
+    assert machine.run(["ls", "-A", f"/proc/{webhook_pid}/root/root"]).stdout == ""
+    for unit in UNITS:
+        print(machine.run(["systemd-analyze", "security", unit, "--no-pager"],
+                          check=False).stdout.splitlines()[-1])
+
+
+def mount_for(mounts: dict[str, set[str]], path: str) -> set[str]:
+    """The options of the mount that holds `path` (the longest mount point)."""
+    best = max((m for m in mounts if path == m or path.startswith(m.rstrip("/") + "/")), key=len)
+    return mounts[best]
+
+
+# ------------------------------------------------------------------ sessions
+
+def test_a_login_goes_through_both_sandboxed_services(machine):
+    machine.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", "/root/alice"])
+    machine.run(["hatchway", "users", "add", "alice", "--key", "/root/alice.pub"])
+    out = machine.run(["hatchway", "sshd", "enable"]).stdout
+    assert "reloaded ssh.service" in out
+    p = ssh(machine, "cat /etc/hatchway-demo; exit 3")
+    assert (p.returncode, p.stdout) == (3, "inside a Hatchway demo container\n"), p.stderr
+    check = machine.run(["hatchway", "check"], check=False)
+    assert check.returncode == 0, check.stdout
+    assert "ok   sshd: drop-in matches the template and is in effect for members only" \
+        in check.stdout
+
+
+def test_a_terminal_session_is_raw_sized_and_resized(machine):
+    argv = machine.argv([*SSH, "-tt", "alice@127.0.0.1"])
+    c = pexpect.spawn(argv[0], argv[1:], dimensions=(33, 101), timeout=60)
+    try:
+        c.expect(r"[#$] ")
+        c.sendline("stty size")
+        c.expect(r"33 101\r\n")
+        # Raw mode on the host side: only the container's terminal echoes what
+        # is typed (a cooked host pty would echo it a second time).
+        c.sendline("echo zq1" "zq")
+        c.expect(r"\r\nzq1zq\r\n")
+        assert c.before.count(b"echo zq1zq") == 1, c.before
+        c.setwinsize(40, 120)
+        c.sendline("stty size")
+        c.expect(r"40 120\r\n")
+        c.sendline("exit 6")
+        c.expect(pexpect.EOF)
+    finally:
+        c.close()
+    assert c.exitstatus == 6
+
+
+def test_a_session_survives_systemctl_restart(machine):
+    before = machine.main_pid("hatchway.service")
+    p = start_session(machine, "echo started; sleep 5; echo finished; exit 7")
+    # the session's process sits in the unit's cgroup, next to the main process:
+    # only KillMode=process keeps a restart from killing it
+    assert len(machine.unit_pids("hatchway.service")) >= 2
+    machine.run(["systemctl", "restart", "hatchway.service"])
+    wait_ready(machine)
+    assert machine.active("hatchway.service") == "active"
+    assert machine.main_pid("hatchway.service") != before
+    assert finish(p) == (7, "finished\n", "")
+    p = ssh(machine, "exit 9")                  # the new daemon takes new sessions
+    assert p.returncode == 9, p.stderr
+
+
+def test_a_session_survives_the_upgrade(machine, deb):
+    before = {u: machine.main_pid(u) for u in UNITS}
+    p = start_session(machine, "echo started; sleep 5; echo finished; exit 8")
+    # a plain dpkg -i with no terminal: the untouched config file is replaced
+    # without a prompt
+    machine.run(["dpkg", "-i", f"/root/{deb.name}"])
+    version = machine.run(["dpkg-query", "-W", "-f=${Version}", "hatchway"]).stdout
+    assert version == deb.name.split("_")[1]
+    assert "previous release" not in machine.run(["cat", "/etc/hatchway/hatchway.yaml"]).stdout
+    wait_ready(machine)
+    for unit in UNITS:
+        assert machine.active(unit) == "active"
+        assert machine.main_pid(unit) != before[unit], f"{unit} was not restarted"
+    assert finish(p) == (8, "finished\n", "")
+    assert ssh(machine, "exit 5").returncode == 5
+
+
+def test_the_webhook_restarts_with_its_store(machine):
+    machine.run(["systemctl", "restart", "hatchway-webhook.service"])
+    wait_ready(machine)
+    p = ssh(machine, "echo again")
+    assert (p.returncode, p.stdout) == (0, "again\n"), p.stderr
+
+
+def test_disabled_drop_in_lets_no_member_in(machine):
+    machine.run(["hatchway", "sshd", "disable"])
+    p = ssh(machine, "echo in")
+    assert p.returncode == 255 and "Permission denied" in p.stderr
+    machine.run(["hatchway", "sshd", "enable"])
+    assert ssh(machine, "exit 4").returncode == 4
+
+
+# ------------------------------------------------------------------ remove, purge
+
+def test_remove_stops_the_services_and_lets_sessions_finish(machine):
+    p = start_session(machine, "echo started; sleep 4; echo finished; exit 11")
+    machine.run(["dpkg", "-r", "hatchway"])
+    for unit in UNITS:
+        assert machine.active(unit) in ("inactive", "failed", "unknown")
+    assert finish(p) == (11, "finished\n", "")
+    # the session process removes its container after reporting the exit
+    # status; then nothing of Hatchway runs any more
+    end = time.monotonic() + 30
+    while machine.containers() or \
+            machine.run(["pgrep", "-u", "hatchway,hatchway-webhook"], check=False).stdout:
+        assert time.monotonic() < end, (
+            machine.containers(),
+            machine.run(["pgrep", "-a", "-u", "hatchway,hatchway-webhook"], check=False).stdout)
+        time.sleep(0.2)
+    # the drop-in stays and fails closed: sshd runs, members get nowhere
+    assert machine.active("ssh.service") == "active"
+    assert machine.run(["test", "-e", "/etc/ssh/sshd_config.d/10-hatchway.conf"]).returncode == 0
+    assert ssh(machine, "echo in").returncode == 255
+
+
+def test_purge_removes_config_drop_in_and_state(machine):
+    machine.run(["dpkg", "--purge", "hatchway"])
+    for gone in ("/etc/hatchway", "/etc/ssh/sshd_config.d/10-hatchway.conf",
+                 "/var/lib/hatchway/webhook", "/var/cache/hatchway-keys", "/run/hatchway",
+                 "/etc/systemd/system/multi-user.target.wants/hatchway.service"):
+        assert machine.run(["test", "-e", gone], check=False).returncode == 1, gone
+    assert machine.active("ssh.service") == "active"
+    units = machine.run(["systemctl", "list-unit-files", "hatchway*", "--no-legend"],
+                        check=False).stdout
+    assert units.strip() == ""
