@@ -37,8 +37,10 @@ def machine(deb, old_deb, docker_gid):
         except RootError:
             root.apt_update()       # the dependencies changed since the root was cached
             root.satisfy(deb)
-        # the host's docker group, as if docker.io were installed in the machine
-        root.run(["groupadd", "-o", "-g", str(docker_gid), "docker"])
+        # The group of the host's Docker socket, under another name for now
+        # (Docker "arrives" in a test below), so no package's group takes its
+        # gid.  No -o: a clash must fail, not hand the socket to another group.
+        root.run(["groupadd", "-g", str(docker_gid), "hostdocker"])
         for d in (deb, old_deb):
             root.put(d, f"/root/{d.name}")
         m = Machine(root)
@@ -82,15 +84,34 @@ def finish(p: subprocess.Popen) -> tuple[int, str, str]:
 # ------------------------------------------------------------------ install
 
 def test_install_starts_both_services(machine, old_deb):
-    machine.run(["dpkg", "-i", f"/root/{old_deb.name}"])
+    p = machine.run(["dpkg", "-i", f"/root/{old_deb.name}"])
+    assert "Failed" not in p.stdout + p.stderr, p.stdout + p.stderr
     wait_ready(machine)
     for unit, user in zip(UNITS, ("hatchway", "hatchway-webhook")):
         assert machine.active(unit) == "active", machine.run(["journalctl", "-u", unit]).stdout
         pid = machine.main_pid(unit)
         uid = machine.proc_status(pid)["Uid"].split()[0]
         assert machine.run(["id", "-un", uid]).stdout.strip() == user
+
+
+def test_docker_arriving_later_joins_the_group_and_restarts_the_daemon(machine, docker_gid):
+    """No docker group yet: `hatchway check` says the daemon cannot open the
+    socket.  Then Docker "arrives": its group appears and dockerd's path
+    activates our file trigger (done here with dpkg-trigger; the chroot test
+    installs the real docker.io).  postinst adds the user and restarts the
+    daemon, which then has the group."""
+    check = machine.run(["hatchway", "check"], check=False).stdout
+    assert "FAIL docker: user hatchway cannot open /var/run/docker.sock (not in its group " \
+           "hostdocker)" in check, check
+    before = machine.main_pid("hatchway.service")
+    machine.run(["groupmod", "-n", "docker", "hostdocker"])
+    machine.run(["dpkg-trigger", "--no-await", "/usr/sbin/dockerd"])
+    machine.run(["dpkg", "--triggers-only", "--pending"])
+    wait_ready(machine)
     assert "docker" in machine.run(["id", "-nG", "hatchway"]).stdout.split()
-    assert machine.sh("test -S /run/hatchway/hatchwayd.sock").returncode == 0
+    after = machine.main_pid("hatchway.service")
+    assert after != before
+    assert str(docker_gid) in machine.proc_status(after)["Groups"].split()
 
 
 def test_the_sandbox_is_in_force(machine):

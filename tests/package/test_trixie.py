@@ -46,7 +46,8 @@ def trixie(deb, docker_gid):
         root.no_services()
         root.apt_update()
         # the host's docker group, as if docker.io were installed in the root
-        root.run(["groupadd", "-o", "-g", str(docker_gid), "docker"])
+        # (no -o: a gid clash must fail, not hand the socket to another group)
+        root.run(["groupadd", "-g", str(docker_gid), "docker"])
         root.put(deb, f"/tmp/{deb.name}")
         root.apt_install(f"/tmp/{deb.name}")
         yield root
