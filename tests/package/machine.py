@@ -108,9 +108,7 @@ class Machine:
                              capture_output=True, text=True).stdout
         return out.split()
 
-    def shutdown(self) -> list[str]:
-        """Power off; returns the containers this machine had left behind
-        (they are removed)."""
+    def poweroff(self) -> None:
         if self.proc and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)       # nspawn: orderly poweroff
             try:
@@ -118,6 +116,18 @@ class Machine:
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
+        self.leader = None
+
+    def reboot(self) -> None:
+        """Power off and boot the same root again: a fresh /run, units started
+        by systemd at boot rather than by maintainer scripts."""
+        self.poweroff()
+        self.boot()
+
+    def shutdown(self) -> list[str]:
+        """Power off for good; returns the containers this machine had left
+        behind (they are removed)."""
+        self.poweroff()
         self.log.close()
         # only ours: every one carries this machine's id
         leftover = self.containers()
@@ -132,4 +142,3 @@ def _children(pid: int) -> list[int]:
             return [int(x) for x in f.read().split()]
     except OSError:
         return []
-

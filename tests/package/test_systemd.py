@@ -223,6 +223,19 @@ def test_the_webhook_restarts_with_its_store(machine):
     assert (p.returncode, p.stdout) == (0, "again\n"), p.stderr
 
 
+def test_everything_comes_back_after_a_reboot(machine):
+    """/run is empty after a boot: tmpfiles must recreate /run/hatchway before
+    the daemon starts (its sandbox needs the directory to exist)."""
+    machine.reboot()
+    wait_ready(machine)
+    for unit in UNITS:
+        assert machine.active(unit) == "active"
+    stat = machine.run(["stat", "-c", "%a %U %G", "/run/hatchway"]).stdout.strip()
+    assert stat == "750 hatchway hatchway-users"
+    p = ssh(machine, "exit 12")
+    assert p.returncode == 12, p.stderr
+
+
 def test_disabled_drop_in_lets_no_member_in(machine):
     machine.run(["hatchway", "sshd", "disable"])
     p = ssh(machine, "echo in")
@@ -255,7 +268,15 @@ def test_remove_stops_the_services_and_lets_sessions_finish(machine):
 
 
 def test_purge_removes_config_drop_in_and_state(machine):
+    # a container holding a user's data (as a persistent session's would):
+    # the package's scripts never touch containers
+    kept = subprocess.run(["docker", "create", "--label", "io.hatchway.managed=true",
+                           "--label", f"io.hatchway.host={machine.machine_id}",
+                           "--label", "io.hatchway.user=alice", IMAGE, "true"],
+                          capture_output=True, text=True, check=True).stdout.strip()
     machine.run(["dpkg", "--purge", "hatchway"])
+    assert machine.containers() == [kept]
+    subprocess.run(["docker", "rm", kept], check=True, capture_output=True)
     for gone in ("/etc/hatchway", "/etc/ssh/sshd_config.d/10-hatchway.conf",
                  "/var/lib/hatchway/webhook", "/var/cache/hatchway-keys", "/run/hatchway",
                  "/etc/systemd/system/multi-user.target.wants/hatchway.service"):
