@@ -84,43 +84,56 @@ def archives(suite: str) -> Path:
 
 def pristine(name: str) -> Path:
     """The cached pristine root for recipe `name`, built if missing."""
-    recipe = RECIPES[name]
     roots = CACHE / "roots"
     roots.mkdir(parents=True, exist_ok=True)
+    final = roots / f"{name}-{RECIPES[name].key()}"
+    if not (final / ".complete").exists():
+        with open(roots / ".lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            _ensure(name)
+    os.utime(final / ".complete")       # in use: not to be pruned
+    return final
+
+
+def _ensure(name: str) -> Path:
+    """pristine() with the lock held (a derived root builds its base first)."""
+    recipe = RECIPES[name]
+    roots = CACHE / "roots"
     final = roots / f"{name}-{recipe.key()}"
     if (final / ".complete").exists():
         return final
-    with open(roots / ".lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if (final / ".complete").exists():
-            return final
-        started = time.monotonic()
-        tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=roots))
-        try:
-            _build(recipe, tmp)
-            (tmp / ".complete").write_text(f"{time.ctime()}\n")
-            for old in roots.glob(f"{name}-*"):          # superseded recipes
-                shutil.rmtree(old, ignore_errors=True)
-            tmp.rename(final)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        print(f"\n[roots] built {final.name} in {time.monotonic() - started:.0f}s")
+    started = time.monotonic()
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=roots))
+    try:
+        _build(recipe, tmp)
+        (tmp / ".complete").write_text(f"{time.ctime()}\n")
+        tmp.chmod(0o755)
+        tmp.rename(final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    print(f"\n[roots] built {final.name} in {time.monotonic() - started:.0f}s")
+    # Roots of older recipes, unused for a week (other work trees may still
+    # use a recent one).
+    for old in roots.iterdir():
+        if old != final and old.name.rsplit("-", 1)[0] == name and \
+                time.time() - (old / ".complete").stat().st_mtime > 7 * 86400:
+            shutil.rmtree(old, ignore_errors=True)
     return final
 
 
 def _build(recipe: Recipe, target: Path) -> None:
     if recipe.packages:
         # derived from the suite's plain root: debootstrap once per suite
-        _run(["cp", "-a", "--reflink=auto", f"{pristine(recipe.suite)}/.", str(target)])
+        _run(["cp", "-a", "--reflink=auto", f"{_ensure(recipe.suite)}/.", str(target)])
         (target / ".complete").unlink(missing_ok=True)
     else:
         _run(NICE + ["debootstrap", "--variant=minbase",
                      f"--cache-dir={archives(recipe.suite)}", recipe.suite, str(target), MIRROR])
     root = Root(target, recipe.suite)
     if recipe.packages:
-        root.sh("apt-get update -q")
-        root.run(["apt-get", "install", "-y", "-q", "--no-install-recommends", *recipe.packages])
+        root.apt(["update", "-q"])
+        root.apt(["install", "-y", "-q", "--no-install-recommends", *recipe.packages])
     # (not `apt-get clean` in the root: that would empty the shared archive)
     for deb in (target / "var/cache/apt/archives").glob("*.deb"):
         deb.unlink()
@@ -143,7 +156,7 @@ class Root:
         dst = workdir / "root"
         _run(["cp", "-a", "--reflink=auto", str(src), str(dst)])
         (dst / ".complete").unlink(missing_ok=True)
-        dst.chmod(0o755)        # its "/" (mkdtemp made the pristine one 0700)
+        dst.chmod(0o755)        # its "/": roots cached before 0755 was set are 0700
         (dst / "etc/machine-id").write_text(uuid.uuid4().hex + "\n")
         return cls(dst, RECIPES[name].suite)
 
@@ -206,19 +219,25 @@ class Root:
 
     def apt_update(self) -> None:
         # conditional requests: nearly free when the mirror has not changed
-        self.run(["apt-get", "update", "-q"], timeout=600)
+        self.apt(["update", "-q"])
+
+    def apt(self, argv: list[str]) -> subprocess.CompletedProcess:
+        """apt-get in the root, one at a time per suite on this host: the roots
+        share one archive directory, and with it apt's lock, which apt does
+        not wait for."""
+        lock = str(archives(self.suite).parent / f"{self.suite}.lock")
+        return _run(["flock", lock, *NICE, *self.argv(["apt-get", *argv])], timeout=1800)
 
     def apt_install(self, *what: str, recommends=False, extra=()) -> subprocess.CompletedProcess:
-        argv = ["apt-get", "install", "-y", "-q", *CONFOLD, *extra]
+        argv = ["install", "-y", "-q", *CONFOLD, *extra]
         if not recommends:
             argv.append("--no-install-recommends")
-        return self.run(NICE + argv + list(what), timeout=1200)
+        return self.apt(argv + list(what))
 
     def satisfy(self, deb: Path) -> None:
         """Install what the .deb depends on, from the mirror, but not the .deb."""
         depends = _run(["dpkg-deb", "-f", str(deb), "Depends"]).stdout.strip()
-        self.run(NICE + ["apt-get", "satisfy", "-y", "-q", "--no-install-recommends", depends],
-                 timeout=1200)
+        self.apt(["satisfy", "-y", "-q", "--no-install-recommends", depends])
 
     def dpkg_status(self, package: str) -> str:
         p = self.run(["dpkg-query", "-W", "-f=${db:Status-Abbrev}", package], check=False)

@@ -168,7 +168,7 @@ def test_disable_and_enable_again(fresh):
 
 
 def test_remove_keeps_config_and_fails_closed(fresh):
-    fresh.run(["apt-get", "remove", "-y", "-q", "hatchway"])
+    fresh.apt(["remove", "-y", "-q", "hatchway"])
     assert fresh.dpkg_status("hatchway") == "rc"
     for gone in ("/usr/bin/hatchway", "/usr/sbin/hatchwayd", "/usr/lib/hatchway/hatchway-keys",
                  "/usr/share/hatchway"):
@@ -183,7 +183,7 @@ def test_remove_keeps_config_and_fails_closed(fresh):
 
 
 def test_purge_leaves_nothing_behind(fresh):
-    p = fresh.run(["apt-get", "purge", "-y", "-q", "hatchway"])
+    p = fresh.apt(["purge", "-y", "-q", "hatchway"])
     assert fresh.dpkg_status("hatchway") == "not-installed"
     assert "are now ordinary accounts" in p.stderr
     for gone in ("/etc/hatchway", DROPIN, DROPIN + ".hatchway-saved", "/var/lib/hatchway/webhook",

@@ -208,7 +208,7 @@ def assert_eventually(predicate, what: str, timeout: float = 30) -> None:
 
 
 def test_purge(trixie):
-    trixie.run(["apt-get", "purge", "-y", "-q", "hatchway"])
+    trixie.apt(["purge", "-y", "-q", "hatchway"])
     assert trixie.dpkg_status("hatchway") == "not-installed"
     for gone in ("/etc/hatchway", DROPIN, "/usr/share/hatchway", "/var/lib/hatchway/webhook"):
         assert not trixie.exists(gone), gone
