@@ -169,7 +169,7 @@ SCHEMA = S({
                                 item=T("str")),
         "env_allow": T("list", ["LANG", "LC_*", "GIT_PROTOCOL"], item=T("str")),
         "idle_timeout": T("duration", 0.0),
-        "stop_grace": T("duration", 2.0),
+        "stop_grace": T("duration", 1.0, doc="after a hangup: SIGHUP, then removal"),
     }),
     "policy": S({
         "webhook_may_set": T("list", ["docker.image", "docker.env", "docker.user",

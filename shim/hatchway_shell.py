@@ -81,6 +81,8 @@ def hello():
     set-but-empty is a real (empty) exec request, so the two stay distinct."""
     cmd = os.environb.get(b"SSH_ORIGINAL_COMMAND")
     pty = os.isatty(0)
+    env = dict(os.environ)
+    env.pop("SSH_ORIGINAL_COMMAND", None)   # already sent, byte-exact, as command_b64
     return {
         "type": "hello",
         "v": VERSION,
@@ -88,7 +90,7 @@ def hello():
         "pty": pty,
         "term": os.environ.get("TERM") if pty else None,
         "size": window_size(0) if pty else None,
-        "env": dict(os.environ),
+        "env": env,
         "ssh_connection": os.environ.get("SSH_CONNECTION"),
     }
 

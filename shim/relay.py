@@ -36,8 +36,6 @@ SIGNALS = {"HUP", "TERM", "INT", "QUIT"}
 class Outcome:
     status: ExitStatus
     hangup: bool = False
-    bytes_in: int = 0
-    bytes_out: int = 0
 
 
 class Relay:
@@ -53,7 +51,7 @@ class Relay:
         self.bytes_in = 0
         self.bytes_out = 0
         self.wake_r, self.wake_w = os.pipe()
-        self.output_done = threading.Event()
+        self.eof = threading.Event()        # the command's output ended: it exited
         self.hangup_reason: str | None = None
 
     # -- the two pumps
@@ -81,20 +79,18 @@ class Relay:
             self.bytes_in += len(data)
 
     def _pump_out(self) -> None:
-        try:
-            while True:
-                item = self.proc.recv()
-                if item is None:
-                    break
-                stream, data = item
-                fd = self.fds[2] if stream == 2 and not self.pty else self.fds[1]
-                if not self._write_all(fd, data):
-                    self._hangup("client stopped reading")
-                    return
-                self.bytes_out += len(data)
-        finally:
-            self.output_done.set()
-            self._wake()
+        while True:
+            item = self.proc.recv()
+            if item is None:
+                self.eof.set()      # everything before it is already written
+                self._wake()
+                return
+            stream, data = item
+            fd = self.fds[2] if stream == 2 and not self.pty else self.fds[1]
+            if not self._write_all(fd, data):
+                self._hangup("client stopped reading")
+                return
+            self.bytes_out += len(data)
 
     @staticmethod
     def _write_all(fd: int, data: bytes) -> bool:
@@ -150,7 +146,7 @@ class Relay:
         if not self.pty:
             poller.register(self.fds[1], 0)     # POLLERR arrives when the reader is gone
 
-        while not self.output_done.is_set() and self.hangup_reason is None:
+        while not self.eof.is_set() and self.hangup_reason is None:
             for fd, ev in poller.poll():
                 if fd == self.wake_r:
                     os.read(self.wake_r, 4096)
@@ -174,11 +170,13 @@ class Relay:
                     poller.unregister(self.fds[1])
                     self._hangup("client went away")
 
-        hangup = self.hangup_reason is not None and not self.output_done.is_set()
+        hangup = not self.eof.is_set()
         if hangup:
+            # Like a terminal hangup on a host: SIGHUP first, and whatever
+            # outlives the grace period goes with the container.
             log.debug("hangup: %s", self.hangup_reason)
             self.proc.signal("HUP")
-            if self.output_done.wait(self.grace):
+            if self.eof.wait(self.grace):
                 status = self.proc.exit_status(timeout=1.0)
             else:
                 self.proc.destroy()
@@ -187,7 +185,7 @@ class Relay:
             status = self.proc.exit_status(timeout=30.0)
         if self.pty:
             terminal.restore(self.fds[0], saved)
-        return Outcome(status, hangup, self.bytes_in, self.bytes_out)
+        return Outcome(status, hangup)
 
     def close(self) -> None:
         for fd in (self.wake_r, self.wake_w):

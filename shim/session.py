@@ -79,9 +79,8 @@ class Session:
         log.info("session start user=%s session=%s connection=%s kind=%s pty=%s remote=%s",
                  spec.user, spec.session_id, spec.connection_id, spec.kind,
                  "yes" if spec.pty else "no", spec.remote_address)
-        backend = backends.make(spec.config)
         try:
-            proc = backend.start(spec)
+            proc = backends.make(spec.config).start(spec)
         except BackendError as e:
             log.warning("session failed user=%s session=%s: %s", spec.user, spec.session_id, e)
             self.reply({"type": "error", "message": str(e), "code": 255})
@@ -89,6 +88,7 @@ class Session:
 
         relay = Relay(proc, self.fds, spec.pty, self.conn, reader, pending,
                       spec.config["session"]["stop_grace"])
+        outcome = None
         try:
             outcome = relay.run()
             if outcome.status.note and not outcome.hangup:
@@ -98,14 +98,22 @@ class Session:
             # holder of the stdout/stderr pipes has closed them.
             self._close_fds()
             self.reply({"type": "exit", "code": outcome.status.code})
+        except Exception:
+            log.exception("session crashed user=%s session=%s", spec.user, spec.session_id)
+            self._close_fds()
+            self.reply({"type": "error", "message": "internal error in the session daemon",
+                        "code": 255})
         finally:
+            # The client has its answer; removing the container is not its wait.
             proc.destroy()
             relay.close()
-        log.info("session end user=%s session=%s container=%s mode=%s duration=%.1fs "
-                 "exit=%d hangup=%s bytes_in=%d bytes_out=%d",
-                 spec.user, spec.session_id, proc.id, spec.config["session"]["mode"],
-                 time.monotonic() - started, outcome.status.code,
-                 "yes" if outcome.hangup else "no", outcome.bytes_in, outcome.bytes_out)
+            log.info("session end user=%s session=%s container=%s mode=%s duration=%.1fs "
+                     "exit=%s hangup=%s bytes_in=%d bytes_out=%d",
+                     spec.user, spec.session_id, proc.id, spec.config["session"]["mode"],
+                     time.monotonic() - started,
+                     outcome.status.code if outcome else "crash",
+                     "yes" if outcome and outcome.hangup else "no",
+                     relay.bytes_in, relay.bytes_out)
 
     def _accept(self, pid: int, uid: int):
         """Identify, validate, and turn the hello into a SessionSpec."""

@@ -90,6 +90,7 @@ class DockerBackend(Backend):
             cid = self.api.create(container_spec(spec), container_name(spec))
         except DockerError as e:
             raise BackendError(f"cannot create the container: {e}") from None
+        stream = waiter = None
         try:
             stream = self.api.hijack("POST", f"/containers/{cid}/attach",
                                      {"stream": 1, "stdin": 1, "stdout": 1, "stderr": 1,
@@ -97,6 +98,9 @@ class DockerBackend(Backend):
             waiter = self.api.wait_handle(cid, "next-exit")
             self.api.start(cid)
         except DockerError as e:
+            for handle in (stream, waiter):
+                if handle is not None:
+                    handle.close()
             _safe(lambda: self.api.remove(cid))
             raise BackendError(f"cannot start the container: {_start_error(e)}") from None
         proc = DockerProcess(self.api, cid, stream, waiter, spec.pty)
@@ -164,6 +168,7 @@ class DockerProcess(Process):
         self.waiter = waiter
         self.tty = tty
         self.buf = b""
+        self.pos = 0
         self._gone = False
         self._lock = threading.Lock()
 
@@ -182,19 +187,28 @@ class DockerProcess(Process):
         if self.tty:
             data = self._read()
             return (1, data) if data else None
-        # multiplexed: [stream u8][0 0 0][length u32 BE] payload
+        # Multiplexed: frames of [stream u8][0 0 0][length u32 BE] + payload.
+        # Consecutive whole frames of one stream go out as one piece; the buffer
+        # is only ever re-copied from the first incomplete frame, so the cost
+        # stays linear in the bytes relayed whatever the frame sizes are.
         while True:
-            if len(self.buf) >= 8:
-                kind, n = struct.unpack_from(">BxxxL", self.buf)
-                if len(self.buf) >= 8 + n:
-                    payload, self.buf = self.buf[8:8 + n], self.buf[8 + n:]
-                    if n == 0:
-                        continue
-                    return (2 if kind == 2 else 1), payload
+            buf, pos, end = self.buf, self.pos, len(self.buf)
+            kind, parts = None, []
+            while end - pos >= 8:
+                k, n = struct.unpack_from(">BxxxL", buf, pos)
+                if end - pos < 8 + n or (kind is not None and k != kind):
+                    break
+                if n:
+                    kind = k
+                    parts.append(buf[pos + 8:pos + 8 + n])
+                pos += 8 + n
+            self.pos = pos
+            if parts:
+                return (2 if kind == 2 else 1), b"".join(parts)
             data = self._read()
             if not data:
                 return None
-            self.buf += data
+            self.buf, self.pos = buf[pos:] + data, 0
 
     def _read(self) -> bytes:
         try:

@@ -179,6 +179,12 @@ class WaitHandle:
     def fileno(self) -> int:
         return self.sock.fileno()
 
+    def close(self) -> None:
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
     def result(self, timeout: float | None = None) -> dict:
         """Block for the wait answer: {"StatusCode": n, "Error": ...}."""
         try:

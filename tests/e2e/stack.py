@@ -150,6 +150,9 @@ class Stack:
         self._spawn("sshd", ["/usr/sbin/sshd", "-D", "-f", "/etc/ssh/sshd_config",
                              "-o", f"Port={SSHD_PORT}", "-o", "ListenAddress=127.0.0.1",
                              "-o", f"PidFile={self.tmp}/sshd.pid", "-o", "LogLevel=VERBOSE",
+                             # tests open dozens of connections at once; sshd's
+                             # default (10:30:100) would drop some at random
+                             "-o", "MaxStartups=200",
                              "-h", str(hostkey), "-E", str(self.tmp / "sshd.log")], "sshd.out")
         wait_for(lambda: _port_open(SSHD_PORT), 15, what="sshd")
 
