@@ -44,9 +44,17 @@ def process_alive(token: str) -> bool:
         if boot != connection.boot_id():
             return False
         _, _, start = connection.proc_stat(int(pid_s))
-        return str(start) == start_s
+        return str(start) == start_s and not _zombie(int(pid_s))
     except (ValueError, OSError, IndexError):
         return False
+
+
+def _zombie(pid: int) -> bool:
+    """A dead session process whose parent (the old main process, or an init
+    that does not reap) has not collected it yet still has its /proc entry."""
+    with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+        data = f.read()
+    return data[data.rindex(")") + 2:].split()[0] in ("Z", "X")
 
 
 def for_session(user: str, session_id: str, connection_id: str, mode: str,

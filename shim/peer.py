@@ -61,14 +61,17 @@ def receive_hello(conn: socket.socket,
                     socket.MSG_CMSG_CLOEXEC)
             except socket.timeout:
                 raise Refused("timed out waiting for the session hello", "hello timeout") from None
+            got: list[int] = []
             for level, kind, payload in ancdata:
                 if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                    got = array.array("i")
-                    got.frombytes(payload[:len(payload) - len(payload) % got.itemsize])
-                    fds.extend(got)
+                    arr = array.array("i")
+                    arr.frombytes(payload[:len(payload) - len(payload) % arr.itemsize])
+                    got.extend(arr)
+            fds.extend(got)
             if flags & socket.MSG_CTRUNC:
                 raise Refused("too many descriptors", "control data truncated (too many fds)")
-            if fds and not first:
+            # A big hello arrives in several reads; the fds come with the first.
+            if got and not first:
                 raise Refused("descriptors sent after the hello", "late fds")
             first = False
             if not data:

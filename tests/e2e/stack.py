@@ -25,6 +25,8 @@ SSHD_PORT = 2222
 WEBHOOK_PORT = 18642
 IMAGE = "hatchway/demo:latest"
 MEMBERS = ("alice", "bob")
+HOST_ID = (Path("/etc/machine-id").read_text().strip()
+           if Path("/etc/machine-id").exists() else "") or os.uname().nodename
 OUTSIDER = "carol"
 
 
@@ -232,15 +234,18 @@ class Stack:
                               stdin=None if input is not None else subprocess.DEVNULL)
 
     def spawn(self, user: str, command: str | None = None, dimensions=(24, 80),
-              options: tuple = ()):
+              options: tuple = (), env: dict | None = None):
         import pexpect
         argv = self.ssh_argv(user, command, tty=True, options=options)
-        return pexpect.spawn(argv[0], argv[1:], dimensions=dimensions, timeout=30)
+        return pexpect.spawn(argv[0], argv[1:], dimensions=dimensions, timeout=30, env=env)
 
     # ------------------------------------------------------------ containers
 
     def containers(self, **labels: str) -> list[dict]:
-        filters = ["--filter", "label=io.hatchway.managed=true"]
+        """This machine's session containers (the packaging tests run daemons in
+        other roots against the same dockerd; those carry another host id)."""
+        filters = ["--filter", "label=io.hatchway.managed=true",
+                   "--filter", f"label=io.hatchway.host={HOST_ID}"]
         for k, v in labels.items():
             filters += ["--filter", f"label=io.hatchway.{k}={v}"]
         out = run(["docker", "ps", "-a", "--no-trunc", "--format", "{{json .}}", *filters]).stdout
@@ -249,6 +254,23 @@ class Stack:
     def wait_no_containers(self, timeout: float = 10, **labels: str) -> None:
         wait_for(lambda: not self.containers(**labels), timeout, 0.1,
                  what=f"session containers {labels or ''} to be removed")
+
+    def one_container(self, timeout: float = 20, **labels: str) -> dict:
+        """Wait for exactly one matching container; its labels parsed into `labels`."""
+        found = wait_for(lambda: (lambda c: c if len(c) == 1 else None)(self.containers(**labels)),
+                         timeout, 0.1, what=f"one session container {labels}")[0]
+        found["labels"] = dict(kv.split("=", 1) for kv in found["Labels"].split(",") if "=" in kv)
+        return found
+
+    def events(self, container_id: str, since: float) -> list[dict]:
+        """Docker's events for one container from `since` until now."""
+        out = run(["docker", "events", "--since", f"{since:.3f}", "--until", f"{time.time():.3f}",
+                   "--filter", f"container={container_id}", "--format", "{{json .}}"]).stdout
+        return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+    def session_pid(self, container: dict) -> int:
+        """The hatchwayd session process that owns a container (from its label)."""
+        return int(container["labels"]["io.hatchway.process"].split(":")[1])
 
     def auth_log(self) -> str:
         try:
