@@ -77,6 +77,13 @@ class S:
     open: bool = False             # unknown keys allowed (passed through as-is)
 
 
+@dataclass
+class M:
+    """A mapping from free-form names (e.g. group names) to sections."""
+    item: S
+    default: Any = field(default_factory=dict)
+
+
 def _url(value: str) -> str:
     if not re.match(r"^https?://[^\s/]+", value):
         raise ValueError(f"expected an http:// or https:// URL, got {value!r}")
@@ -101,8 +108,94 @@ def _nonempty_argv(value: list) -> list:
     return value
 
 
+def _mode(value: str) -> str:
+    if value != "session":
+        raise ValueError(f"only `session` mode (a fresh container per SSH session) is "
+                         f"supported, got {value!r}")
+    return value
+
+
+def _mounts(value: list) -> list:
+    """Normalise `SRC:DST[:ro]` strings and {source,target,read_only,type}
+    mappings to Docker's Mounts objects (checked again by the policy)."""
+    out = []
+    for i, m in enumerate(value):
+        if isinstance(m, str):
+            parts = m.split(":")
+            if len(parts) not in (2, 3) or (len(parts) == 3 and parts[2] not in ("ro", "rw")):
+                raise ValueError(f"[{i}]: expected SOURCE:TARGET[:ro], got {m!r}")
+            m = {"source": parts[0], "target": parts[1], "read_only": parts[2:] == ["ro"]}
+        if not isinstance(m, dict):
+            raise ValueError(f"[{i}]: expected SOURCE:TARGET[:ro] or a mapping")
+        low = {str(k).lower().replace("_", ""): v for k, v in m.items()}
+        unknown = set(low) - {"source", "target", "readonly", "type"}
+        if unknown:
+            raise ValueError(f"[{i}]: unknown mount keys {', '.join(sorted(unknown))}")
+        kind = low.get("type", "bind")
+        src, dst, ro = low.get("source"), low.get("target"), low.get("readonly", False)
+        if kind not in ("bind", "volume"):
+            raise ValueError(f"[{i}]: mount type must be bind or volume (use docker.tmpfs)")
+        if not isinstance(src, str) or not src or not isinstance(dst, str) \
+                or not dst.startswith("/") or not isinstance(ro, bool):
+            raise ValueError(f"[{i}]: a mount needs a source, an absolute target "
+                             "and a boolean read_only")
+        if kind == "bind" and not src.startswith("/"):
+            raise ValueError(f"[{i}]: a bind mount source must be an absolute path")
+        out.append({"Type": kind, "Source": src, "Target": dst, "ReadOnly": ro})
+    return out
+
+
 STR = lambda d=None, **k: T("str", d, **k)            # noqa: E731
 PATH = lambda d=None: T("str", d, check=_abs_path)    # noqa: E731
+
+# What a container looks like; also what `groups` entries and the config
+# webhook may override (the latter only where the policy allows).
+DOCKER = S({
+    "host": T("str", "unix:///var/run/docker.sock", check=_docker_host),
+    "ca_file": PATH(),
+    "cert_file": PATH(),
+    "key_file": PATH(),
+    "image": T("str", "hatchway/demo:latest"),
+    "pull": T("enum", "IfNotPresent", choices=("IfNotPresent", "Always", "Never")),
+    "user": T("str", None),
+    "workdir": T("str", None),
+    "hostname": T("str", None),
+    "env": T("map", {}, item=T("str")),
+    "network": T("str", None),
+    "read_only": T("bool", False),
+    "tmpfs": T("map", {}, item=T("str")),
+    "mounts": T("list", [], item=T("any"), check=_mounts),
+    "memory": T("size", None),
+    "cpus": T("float", None),
+    "pids_limit": T("int", None),
+    "privileged": T("bool", False),
+    "cap_add": T("list", [], item=T("str")),
+    "cap_drop": T("list", [], item=T("str")),
+    "devices": T("list", [], item=T("str")),
+    "pid_mode": T("str", None),
+    "ipc_mode": T("str", None),
+    "start_timeout": T("duration", 60.0),
+})
+
+SESSION = S({
+    "mode": T("str", "session", check=_mode),
+    "shell": T("list", ["/bin/sh"], item=T("str"), check=_nonempty_argv),
+    "subsystems": S({
+        "sftp": T("list", ["/usr/lib/openssh/sftp-server"], item=T("str")),
+    }),
+    "host_sftp_commands": T("list", ["/usr/lib/openssh/sftp-server", "internal-sftp"],
+                            item=T("str")),
+    "env_allow": T("list", ["LANG", "LC_*", "GIT_PROTOCOL"], item=T("str")),
+    "stop_grace": T("duration", 1.0, doc="after a hangup: SIGHUP, then removal"),
+})
+
+# A group may change what its members' containers look like, not where the
+# daemon finds Docker.
+DOCKER_OVERRIDE = S({k: v for k, v in DOCKER.fields.items()
+                     if k not in ("host", "ca_file", "cert_file", "key_file")})
+SESSION_OVERRIDE = S({k: v for k, v in SESSION.fields.items()
+                      if k not in ("host_sftp_commands", "stop_grace")})
+
 
 SCHEMA = S({
     "auth": S({
@@ -135,46 +228,18 @@ SCHEMA = S({
     "backend": T("enum", "docker", choices=("docker", "kubernetes")),
     "daemon": S({
         "socket": PATH("/run/hatchway/hatchwayd.sock"),
-        "state_dir": PATH("/run/hatchway/sessions"),
         "reap_interval": T("duration", 60.0),
         "hello_timeout": T("duration", 10.0),
     }),
-    "docker": S({
-        "host": T("str", "unix:///var/run/docker.sock", check=_docker_host),
-        "ca_file": PATH(),
-        "cert_file": PATH(),
-        "key_file": PATH(),
-        "image": T("str", "hatchway/demo:latest"),
-        "pull": T("enum", "IfNotPresent", choices=("IfNotPresent", "Always", "Never")),
-        "user": T("str", None),
-        "workdir": T("str", None),
-        "hostname": T("str", None),
-        "env": T("map", {}, item=T("str")),
-        "network": T("str", None),
-        "read_only": T("bool", False),
-        "tmpfs": T("map", {}, item=T("str")),
-        "mounts": T("list", [], item=T("any")),
-        "memory": T("size", None),
-        "cpus": T("float", None),
-        "pids_limit": T("int", None),
-        "start_timeout": T("duration", 60.0),
-    }),
-    "session": S({
-        "mode": T("enum", "session", choices=("session", "connection", "persistent")),
-        "shell": T("list", ["/bin/sh"], item=T("str"), check=_nonempty_argv),
-        "subsystems": S({
-            "sftp": T("list", ["/usr/lib/openssh/sftp-server"], item=T("str")),
-        }),
-        "host_sftp_commands": T("list", ["/usr/lib/openssh/sftp-server", "internal-sftp"],
-                                item=T("str")),
-        "env_allow": T("list", ["LANG", "LC_*", "GIT_PROTOCOL"], item=T("str")),
-        "idle_timeout": T("duration", 0.0),
-        "stop_grace": T("duration", 1.0, doc="after a hangup: SIGHUP, then removal"),
-    }),
+    "docker": DOCKER,
+    "session": SESSION,
+    "groups": M(S({"docker": DOCKER_OVERRIDE, "session": SESSION_OVERRIDE})),
     "policy": S({
         "webhook_may_set": T("list", ["docker.image", "docker.env", "docker.user",
-                                      "docker.mounts", "docker.tmpfs", "docker.memory",
-                                      "docker.cpus", "docker.pids_limit", "session.shell"],
+                                      "docker.workdir", "docker.mounts", "docker.tmpfs",
+                                      "docker.read_only", "docker.memory", "docker.cpus",
+                                      "docker.pids_limit", "session.shell",
+                                      "session.subsystems"],
                              item=T("str")),
         "mount_prefixes": T("list", [], item=T("str")),
         "allow_privileged": T("bool", False),
@@ -211,6 +276,18 @@ def _convert(node, schema, path: str, fname: str) -> Any:
 
     if isinstance(node, yaml.ScalarNode) and node.tag == "tag:yaml.org,2002:null":
         return None
+
+    if isinstance(schema, M):
+        if not isinstance(node, yaml.MappingNode):
+            fail("expected a mapping of names")
+        named: dict[str, Any] = {}
+        for knode, vnode in node.value:
+            key = str(knode.value)
+            if key in named:
+                raise ConfigError(f"{fname}:{knode.start_mark.line + 1}: {path}.{key}: "
+                                  "duplicate key")
+            named[key] = _convert(vnode, schema.item, f"{path}.{key}", fname) or {}
+        return named
 
     if isinstance(schema, S):
         if not isinstance(node, yaml.MappingNode):
@@ -296,10 +373,31 @@ def _plain(node) -> Any:
         loader.dispose()
 
 
-def defaults(schema: S | T = SCHEMA) -> Any:
+def defaults(schema: S | T | M = SCHEMA) -> Any:
     if isinstance(schema, S):
         return {k: defaults(v) for k, v in schema.fields.items()}
     return copy.deepcopy(schema.default)
+
+
+def validate(data: Any, schema: S | T = SCHEMA, path: str = "") -> Any:
+    """Check a partial config that did not come from YAML (the config webhook's,
+    translated); raises ValueError naming the dotted key."""
+    if isinstance(schema, S):
+        if not isinstance(data, dict):
+            raise ValueError(f"{path or 'config'}: expected a mapping")
+        out = {}
+        for k, v in data.items():
+            sub = f"{path}.{k}" if path else k
+            if k not in schema.fields:
+                raise ValueError(f"{sub}: unknown key")
+            out[k] = validate(v, schema.fields[k], sub)
+        return out
+    if isinstance(schema, M):
+        raise ValueError(f"{path}: cannot be set here")
+    try:
+        return coerce(schema, data, path)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
 
 
 def merge(base: dict, over: dict) -> dict:

@@ -8,6 +8,7 @@ wait before start means no early output and no exit status is ever lost.
 
 from __future__ import annotations
 
+import logging
 import re
 import socket
 import struct
@@ -17,6 +18,8 @@ import time
 from .. import labels as L
 from .base import Backend, BackendError, ExitStatus, Process, SessionSpec
 from .docker_api import Docker, DockerError, Stream, WaitHandle
+
+log = logging.getLogger("hatchwayd")
 
 # dockerd swallows its detach sequence even for API clients and it cannot be
 # turned off; pick one nobody types: four ctrl-^ in a row.
@@ -54,6 +57,19 @@ def container_spec(spec: SessionSpec) -> dict:
         host["NetworkMode"] = d["network"]
     if d.get("mounts"):
         host["Mounts"] = list(d["mounts"])
+    # what the policy (shim/policy.py) has already allowed
+    if d.get("privileged"):
+        host["Privileged"] = True
+    if d.get("cap_add"):
+        host["CapAdd"] = list(d["cap_add"])
+    if d.get("cap_drop"):
+        host["CapDrop"] = list(d["cap_drop"])
+    if d.get("pid_mode"):
+        host["PidMode"] = d["pid_mode"]
+    if d.get("ipc_mode"):
+        host["IpcMode"] = d["ipc_mode"]
+    if d.get("devices"):
+        host["Devices"] = [_device(dev) for dev in d["devices"]]
     body = {
         "Image": d["image"],
         "Cmd": spec.argv,
@@ -71,6 +87,13 @@ def container_spec(spec: SessionSpec) -> dict:
         if d.get(key):
             body[field] = d[key]
     return body
+
+
+def _device(spec: str) -> dict:
+    """`/dev/x[:/dev/y[:rwm]]`, as `docker run --device` writes it."""
+    parts = spec.split(":")
+    return {"PathOnHost": parts[0], "PathInContainer": parts[1] if len(parts) > 1 else parts[0],
+            "CgroupPermissions": parts[2] if len(parts) > 2 else "rwm"}
 
 
 def container_name(spec: SessionSpec) -> str:
@@ -119,15 +142,27 @@ class DockerBackend(Backend):
             self._pull(image, present)
 
     def _pull(self, image: str, present: bool) -> None:
+        """Pull in this session's own process: a slow registry holds up only the
+        session that needs the image."""
         name, _, tag = image.rpartition(":") if ":" in image.split("/")[-1] else (image, "", "latest")
+        why = ""
         try:
-            self.api.call("POST", "/images/create", query={"fromImage": name, "tag": tag},
-                          timeout=self.cfg["docker"]["start_timeout"], max_body=64 << 20)
+            progress = self.api.call("POST", "/images/create",
+                                     query={"fromImage": name, "tag": tag},
+                                     timeout=self.cfg["docker"]["start_timeout"], max_body=64 << 20)
+            why = _pull_error(progress)
         except DockerError as e:
-            if not present:
-                raise BackendError(f"image {image} is not available and pulling it failed: {e}") from None
-        if not present and not _safe(lambda: self.api.image_exists(image)):
-            raise BackendError(f"image {image} is not available and could not be pulled")
+            # dockerd answered image_exists a moment ago: no answer now means
+            # the registry is slow or unreachable, not the engine
+            why = (f"no answer within {self.cfg['docker']['start_timeout']:g}s" if e.status == 0
+                   else str(e))
+        if present:
+            if why:
+                log.warning("pulling %s failed (%s); using the local copy", image, why)
+            return
+        if why or not _safe(lambda: self.api.image_exists(image)):
+            raise BackendError(f"image {image} is not available here and cannot be pulled"
+                               + (f": {why}" if why else ""))
 
     def reap(self, is_alive) -> list[str]:
         removed = []
@@ -149,6 +184,20 @@ def _safe(fn) -> bool:
         return True
     except Exception:
         return False
+
+
+def _pull_error(progress) -> str:
+    """dockerd answers a pull with 200 and reports failure inside the JSON stream."""
+    import json
+    text = progress if isinstance(progress, str) else json.dumps(progress or "")
+    for line in reversed(text.splitlines()):
+        try:
+            item = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(item, dict) and item.get("error"):
+            return str(item["error"]).strip()
+    return ""
 
 
 def _start_error(e: DockerError) -> str:
