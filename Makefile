@@ -34,8 +34,9 @@ demo: install
 unit:
 	$(PYTHON) -m pytest -q tests/unit
 
+E2E ?= tests/e2e
 e2e:
-	$(PYTHON) -m pytest -q -rfE tests/e2e $(PYTEST_ARGS)
+	$(PYTHON) -m pytest -q -rfE $(E2E) $(PYTEST_ARGS)
 
 package-test: deb
 	$(PACKAGE_TEST)

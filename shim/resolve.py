@@ -97,6 +97,8 @@ def _ask_webhook(cfg: dict, user: str, remote: str, conn_id: str) -> dict:
     except ValueError as e:
         log.warning("config webhook answer refused for %s: %s", user, e)
         raise ConfigRefused(f"the configuration service sent an unusable answer: {e}") from None
+    if part.get("backend") == cfg["backend"]:
+        del part["backend"]         # ContainerSSH servers often restate it; no change
     try:
         policy.check_webhook_fields(part, cfg["policy"]["webhook_may_set"])
     except policy.Violation as e:

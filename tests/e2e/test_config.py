@@ -213,22 +213,50 @@ def test_missing_image_with_pull_never(hw):
     assert p.stderr == b"hatchway: image hatchway/no-such-image:1 is not available on this host\n"
 
 
-def test_a_slow_pull_holds_up_only_its_own_session(hw, students):
-    # a registry that never answers (a blackholed address): bob's pull hangs
+@pytest.fixture
+def silent_registry():
+    """A registry on loopback that accepts connections and never answers
+    (dockerd speaks plain HTTP to 127.0.0.0/8 registries)."""
+    import socket
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(16)
+    held = []
+    stop = threading.Event()
+
+    def hold():
+        srv.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(srv.accept()[0])
+            except OSError:
+                pass
+    t = threading.Thread(target=hold, daemon=True)
+    t.start()
+    yield f"127.0.0.1:{srv.getsockname()[1]}"
+    stop.set()
+    t.join()
+    for c in held:
+        c.close()
+    srv.close()
+
+
+def test_a_slow_pull_holds_up_only_its_own_session(hw, students, silent_registry):
+    # bob's image comes from a registry that never answers: his pull hangs
     # until its deadline while alice logs in as usual
-    hw.reconfigure({"groups": {students: {"docker": {
-        "image": "10.255.255.1:5000/nothing:1", "start_timeout": "8s"}}}})
+    image = f"{silent_registry}/nothing:1"
+    hw.reconfigure({"groups": {students: {"docker": {"image": image, "start_timeout": "8s"}}}})
     slow = subprocess.Popen(hw.ssh_argv("bob", "true"), stdin=subprocess.DEVNULL,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    time.sleep(1)
+    time.sleep(1.5)
     t0 = time.time()
     fast = hw.ssh("alice", "echo quick")
     assert fast.stdout == b"quick\n"
     assert slow.poll() is None, "the slow pull ended before the other session was served"
     _, err = slow.communicate(timeout=60)
     assert slow.returncode == 255
-    assert b"hatchway: image 10.255.255.1:5000/nothing:1 is not available here and cannot be pulled" \
-        in err, err
+    assert err.startswith(f"hatchway: image {image} is not available here and cannot be "
+                          "pulled".encode()), err
     print(f"alice served in {time.time() - t0:.2f}s while bob's pull was hanging")
 
 
