@@ -98,3 +98,49 @@ def _first_string(blob: bytes) -> bytes | None:
     if n > len(blob) - 4:
         return None
     return blob[4:4 + n]
+
+
+_RFC4716_BEGIN = "---- BEGIN SSH2 PUBLIC KEY ----"
+_RFC4716_END = "---- END SSH2 PUBLIC KEY ----"
+
+
+def parse_text(text: str) -> PublicKey:
+    """Exactly one public key from what an admin hands over: a .pub file (one
+    `type base64 [comment]` line; blank and `#` lines ignored) or the RFC 4716
+    form `ssh-keygen -e` writes.  A private key is refused by name, so that it
+    is not mistaken for a malformed public one."""
+    if "PRIVATE KEY-----" in text:
+        raise BadKey("this is a private key; give the public key (the .pub file)")
+    stripped = text.strip()
+    if stripped.startswith(_RFC4716_BEGIN):
+        return _parse_rfc4716(stripped)
+    lines = [ln for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+    if len(lines) != 1:
+        raise BadKey(f"expected exactly one public key, found {len(lines)} lines")
+    return parse_line(lines[0])
+
+
+def _parse_rfc4716(text: str) -> PublicKey:
+    lines = text.splitlines()
+    if lines[-1].strip() != _RFC4716_END:
+        raise BadKey("RFC 4716 key without its END line")
+    body, comment, i = [], "", 1
+    while i < len(lines) - 1:
+        line = lines[i].rstrip()
+        while line.endswith("\\") and i + 1 < len(lines) - 1:   # header continuation
+            i += 1
+            line = line[:-1] + lines[i].rstrip()
+        if ":" in line and not body:
+            tag, _, value = line.partition(":")
+            if tag.strip().lower() == "comment":
+                comment = value.strip().strip('"')
+        elif line:
+            body.append(line.strip())
+        i += 1
+    b64 = "".join(body)
+    try:
+        blob = base64.b64decode(b64, validate=True)
+    except (binascii.Error, ValueError):
+        raise BadKey("key data is not valid base64") from None
+    key_type = (_first_string(blob) or b"").decode("ascii", "replace")
+    return from_parts(key_type, b64, comment)
