@@ -227,5 +227,14 @@ admin_cli.register(cli, on_user_removed=lambda name: end_sessions_of(name))
 
 
 def main() -> int:
-    cli(prog_name="hatchway")
+    # click's own usage errors, in the same one-line form as every other error
+    try:
+        cli.main(prog_name="hatchway", standalone_mode=False)
+    except click.ClickException as e:
+        hint = f" (see `{e.ctx.command_path} --help`)" if getattr(e, "ctx", None) else ""
+        click.echo(f"hatchway: {e.format_message()}{hint}", err=True)
+        return e.exit_code
+    except click.Abort:
+        click.echo("hatchway: aborted", err=True)
+        return 1
     return 0
