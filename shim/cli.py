@@ -44,7 +44,9 @@ def _docker(cfg):
 
 def _sessions(cfg, user: str | None = None) -> list[dict]:
     from .backends.docker_api import DockerError
-    filters = [f"{labels.MANAGED}=true"] + ([f"{labels.USER}={user}"] if user else [])
+    # this host's sessions only: a dockerd may serve several hosts
+    filters = [f"{labels.MANAGED}=true", f"{labels.HOST}={labels.host_id()}"] + \
+        ([f"{labels.USER}={user}"] if user else [])
     try:
         return _docker(cfg).list(filters)
     except DockerError as e:
