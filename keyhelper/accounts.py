@@ -109,6 +109,8 @@ def create(name: str) -> bool:
             from None
     check_free(name)
     if is_member(name):
+        # adopted: undo the expiry an interrupted `users remove` may have set
+        run(["usermod", "--expiredate", "", name])
         return False
     home = os.path.join(HOMES, name)
     os.makedirs(HOMES, mode=0o755, exist_ok=True)
