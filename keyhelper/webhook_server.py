@@ -274,7 +274,15 @@ def parse_listen(listen: str) -> tuple[str, int]:
 
 def serve(listen: str, db_path: str, allow_passwords: bool = False) -> None:
     addr = parse_listen(listen)
-    Store(db_path).close()  # create or upgrade the schema before the first request
+    # Create or upgrade the schema, then keep this connection, having read,
+    # open for good.  SQLite deletes the -wal/-shm files when the last
+    # connection closes and whoever opens next creates them again; if that
+    # were a root admin command, the files would be root's for the moment
+    # before SQLite hands them to the database's owner, and a request
+    # arriving in that moment fails with "unable to open database file".
+    # While this connection lives they are created once, by this user.
+    keeper = Store(db_path)
+    keeper.users()
     server = Server(addr, db_path, allow_passwords)
     log.info("hatchway webhook listening on %s (store %s, password logins %s)", listen, db_path,
              "on" if allow_passwords else "off")

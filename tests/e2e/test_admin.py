@@ -416,8 +416,8 @@ def test_concurrent_keys_add_while_the_server_answers(hw, users, tmp_path):
     want = {fingerprint(tmp_path / f"w{w}k{i}.pub") for w in range(workers)
             for i in range(per_worker)}
     assert stored == want
-    assert answers and all(a == (200, {"success": True, "authenticatedUsername": "alice"})
-                           for a in answers)
+    wrong = [a for a in answers if a != (200, {"success": True, "authenticatedUsername": "alice"})]
+    assert answers and wrong == []
     log = (hw.tmp / "webhook.log").read_text(errors="replace")
     assert "locked" not in log and "Traceback" not in log
 
@@ -442,7 +442,7 @@ def test_the_server_survives_bad_clients(hw):
         b"HTTP/1.1 400")
     assert exchange(b"POST /pubkey HTTP/1.1\r\nContent-Length: 1000000000\r\n\r\n" +
                     b"x" * 100000).startswith(b"HTTP/1.1 413")
-    assert exchange(b"\x00\xff garbage\r\n\r\n").startswith(b"HTTP/1.0 400")
+    assert exchange(b"\x00\xff garbage\r\n\r\n").startswith(b"HTTP/1.1 400")
     assert exchange(b"POST /v1/users HTTP/1.1\r\nContent-Length: 3\r\n\r\n[1]").startswith(
         b"HTTP/1.1 401")
     # with one client stalled mid-body, logins go on
