@@ -25,6 +25,7 @@ import binascii
 import json
 import logging
 import socket
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -260,7 +261,12 @@ class Server(ThreadingHTTPServer):
                 st.close()
 
     def handle_error(self, request, client_address):
-        log.exception("connection from %s failed", client_address[0])
+        err = sys.exc_info()[1]
+        if isinstance(err, OSError):    # reset, gone, timed out: the client's business
+            log.info("connection from %s ended: %s", client_address[0],
+                     err.strerror or type(err).__name__)
+        else:
+            log.exception("connection from %s failed", client_address[0])
 
 
 def parse_listen(listen: str) -> tuple[str, int]:

@@ -163,10 +163,11 @@ def raw_exchange(srv, data: bytes, timeout: float = 10) -> bytes:
     (b"POST /nothing HTTP/1.1\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}", b"404"),
     (b"POST /pubkey HTTP/1.1\r\n" + b"X: y\r\n" * 200 + b"\r\n", b"431"),
 ])
-def test_bad_requests_get_an_error_and_the_server_goes_on(server, request_bytes, status):
+def test_bad_requests_get_an_error_and_the_server_goes_on(server, request_bytes, status, caplog):
     reply = raw_exchange(server, request_bytes)
     assert reply.split(b" ", 2)[1] == status, reply[:200]
     assert alive(server)
+    assert [r.getMessage() for r in caplog.records if r.exc_info] == []   # no tracebacks
 
 
 def test_a_body_over_the_limit_is_refused_without_reading_it(server):
@@ -182,7 +183,7 @@ def test_a_body_over_the_limit_is_refused_without_reading_it(server):
     assert alive(server)
 
 
-def test_stalled_clients_are_dropped_and_do_not_block_others(server):
+def test_stalled_clients_are_dropped_and_do_not_block_others(server, caplog):
     stalled = []
     for partial in (b"POST /pubkey HTTP/1.1\r\nContent-Le",
                     b"POST /pubkey HTTP/1.1\r\nContent-Length: 100\r\n\r\n{\"user",
@@ -200,6 +201,19 @@ def test_stalled_clients_are_dropped_and_do_not_block_others(server):
         assert b"200 OK" not in data
         s.close()
     assert alive(server)
+    assert [r.getMessage() for r in caplog.records if r.exc_info] == []
+
+
+def test_clients_that_vanish_mid_request_leave_no_traceback(server, caplog):
+    for data in (b"POST /pubkey HTTP/1.1\r\nContent-Length: 100\r\n\r\n{", b"POST /pub"):
+        s = socket.create_connection(server.server_address, timeout=10)
+        s.sendall(data)
+        # RST instead of FIN: the server sees "connection reset"
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        s.close()
+    time.sleep(0.3)
+    assert alive(server)
+    assert [r.getMessage() for r in caplog.records if r.exc_info] == []
 
 
 def test_connections_over_the_cap_are_closed_not_queued(server, monkeypatch):
