@@ -18,7 +18,8 @@ import pexpect
 import pytest
 import yaml
 
-from .stack import WEBHOOK_PORT, run
+from .stack import IMAGE, WEBHOOK_PORT, run
+from .test_config import inspect_session
 
 OPENAPI = Path("/usr/share/hatchway/openapi/hatchway-admin.yaml")
 PROMPT = r"[#$] "
@@ -200,6 +201,23 @@ def test_key_restrictions_reach_sshd(hw, users):
     assert hw.ssh("hana", "true", key=ok).returncode == 0
     p = hw.ssh("hana", "true", key=elsewhere)
     assert p.returncode == 255 and b"Permission denied" in p.stderr
+
+
+def test_the_users_image_reaches_the_container_through_config(hw, users):
+    """`users add --image` is answered on the bundled webhook's /config, in
+    ContainerSSH's shape, which the daemon's config webhook client applies."""
+    image = "hatchway/demo-admin:latest"
+    run(["docker", "tag", IMAGE, image])
+    try:
+        hw.keygen("jade")
+        users.append("jade")
+        cli(hw, "users", "add", "jade", "--key", f"{hw.keys['jade']}.pub", "--image", image)
+        hw.reconfigure({"config_webhook": {"url": f"http://127.0.0.1:{WEBHOOK_PORT}/config"}})
+        assert inspect_session(hw, "jade")["Config"]["Image"] == image
+        assert inspect_session(hw, "alice")["Config"]["Image"] == IMAGE
+    finally:
+        hw.wait_no_containers(timeout=30, user="jade")
+        run(["docker", "rmi", image], check=False)
 
 
 # ------------------------------------------------------------------ REST API
