@@ -155,13 +155,18 @@ def _add_many(path: str, worker: int, count: int) -> None:
     s = Store(path)
     for i in range(count):
         s.add_key("dave", make_key(worker * 1000 + i))
-    os._exit(0)
+    s.close()
 
 
 def test_concurrent_writers_in_several_processes_lose_nothing(tmp_path):
+    """Like concurrent `hatchway keys add` commands: separate processes that share
+    nothing but the file (spawned, not forked: SQLite's locks are per process and
+    must not be inherited from a parent that had the file open)."""
     path = str(tmp_path / "keys.db")
-    Store(path).add_user("dave")
-    ctx = multiprocessing.get_context("fork")
+    s = Store(path)
+    s.add_user("dave")
+    s.close()
+    ctx = multiprocessing.get_context("spawn")
     procs = [ctx.Process(target=_add_many, args=(path, w, 25)) for w in range(6)]
     for p in procs:
         p.start()
