@@ -15,7 +15,7 @@ LOCK    := flock /run/lock/hatchway-e2e.lock
 # this host, so without the lock.
 PACKAGE_TEST := $(PYTHON) -m pytest -q -rfE tests/package $(PACKAGE_TEST_ARGS)
 
-.PHONY: deps deb install demo test unit e2e package-test lint clean
+.PHONY: deps deb install demo test unit e2e package-test bench lint clean
 
 deps:
 	tests/setup/deps
@@ -44,6 +44,10 @@ package-test: deb
 test: deb
 	$(PACKAGE_TEST)
 	$(LOCK) $(MAKE) --no-print-directory install unit e2e
+
+# Benchmarks print ratios against floors measured in the same run; see tests/bench/run.py.
+bench: deb
+	$(LOCK) sh -c '$(MAKE) --no-print-directory install && $(PYTHON) -m tests.bench.run $(BENCH_ARGS)'
 
 clean:
 	rm -rf dist build .pybuild *.egg-info
