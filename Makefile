@@ -15,7 +15,7 @@ LOCK    := flock /run/lock/hatchway-e2e.lock
 # this host, so without the lock.
 PACKAGE_TEST := $(PYTHON) -m pytest -q -rfE tests/package $(PACKAGE_TEST_ARGS)
 
-.PHONY: deps deb install demo test unit e2e package-test bench lint clean
+.PHONY: deps deb install demo test unit e2e package-test bench clean
 
 deps:
 	tests/setup/deps
