@@ -39,16 +39,29 @@ class Machine:
             stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.STDOUT,
             start_new_session=True)
         end = time.monotonic() + timeout
+        # The container's init is the descendant of nspawn that runs systemd as
+        # PID 1 of its own pid namespace.  nspawn's first child is only an
+        # intermediate process: entering its namespaces before init runs
+        # reaches a half-built container (the CI failure "the container's
+        # systemd is ''").
         while self.leader is None:
             if self.proc.poll() is not None or time.monotonic() > end:
                 raise RootError(f"systemd-nspawn did not boot: {self.console()[-3000:]}")
-            children = _children(self.proc.pid)
-            self.leader = children[0] if children else None
+            self.leader = _container_init(self.proc.pid)
             time.sleep(0.1)
-        state = self.run(["systemctl", "is-system-running", "--wait"], check=False,
-                         timeout=timeout).stdout.strip()
-        if state not in ("running", "degraded"):
-            raise RootError(f"the container's systemd is {state!r}")
+        # systemctl answers nothing until init has opened its private bus, so
+        # ask again until it names a state or the deadline passes.
+        while True:
+            p = self.run(["systemctl", "is-system-running", "--wait"], check=False,
+                         timeout=max(1.0, end - time.monotonic()))
+            state = p.stdout.strip()
+            if state in ("running", "degraded"):
+                return
+            if state not in ("", "initializing", "starting") or time.monotonic() > end \
+                    or self.proc.poll() is not None:
+                raise RootError(f"the container's systemd is {state!r} ({p.stderr.strip()[-500:]}):"
+                                f" {self.console()[-3000:]}")
+            time.sleep(0.5)
 
     def console(self) -> str:
         self.log.flush()
@@ -134,6 +147,29 @@ class Machine:
         if leftover:
             subprocess.run(["docker", "rm", "-f", *leftover], capture_output=True)
         return leftover
+
+
+def _container_init(nspawn: int) -> int | None:
+    todo = _children(nspawn)
+    while todo:
+        pid = todo.pop(0)
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                nspid = next((line.split()[1:] for line in f if line.startswith("NSpid:")), [])
+        except OSError:
+            continue
+        if len(nspid) > 1 and nspid[-1] == "1" and _comm(pid) == "systemd":
+            return pid
+        todo += _children(pid)
+    return None
+
+
+def _comm(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
 
 
 def _children(pid: int) -> list[int]:
