@@ -1,0 +1,88 @@
+"""Large transfers stay exact, and a slow reader does not make hatchwayd buffer:
+the failure that sank ContainerSSH's Java predecessor was a session holding a
+whole download in memory while its client read slowly."""
+
+import hashlib
+import subprocess
+import time
+
+import pytest
+
+from .clients import FILES_CONFIG, random_file, remote, scp, sftp, sha256
+
+pytestmark = pytest.mark.config(FILES_CONFIG)
+
+MB = 1 << 20
+
+
+@pytest.fixture(scope="module")
+def big(tmp_path_factory):
+    """One 100 MB file of random bytes for every test here, and its sha256."""
+    path = tmp_path_factory.mktemp("big") / "big.bin"
+    return path, random_file(path, 100 * MB)
+
+
+@pytest.mark.parametrize("legacy", [False, True], ids=["sftp-mode", "legacy-O"])
+def test_scp_100mb_both_directions(hw, data, key, tmp_path, big, legacy):
+    src, digest = big
+    scp(key, src, remote("alice", "/data/up.bin"), legacy=legacy, timeout=300)
+    assert sha256(data / "up.bin") == digest
+    scp(key, remote("alice", "/data/up.bin"), tmp_path / "down.bin", legacy=legacy, timeout=300)
+    assert sha256(tmp_path / "down.bin") == digest
+
+
+def test_sftp_100mb_both_directions(hw, data, key, tmp_path, big):
+    src, digest = big
+    sftp(key, "alice", f"put {src} /data/up.bin\nget /data/up.bin {tmp_path}/down.bin\n",
+         tmp_path, timeout=300)
+    assert sha256(data / "up.bin") == digest
+    assert sha256(tmp_path / "down.bin") == digest
+
+
+def memory_kb(pid: int) -> dict[str, int]:
+    """Rss and Pss of a process (kB), from the kernel's own accounting."""
+    out = {}
+    with open(f"/proc/{pid}/smaps_rollup") as f:
+        for line in f:
+            name, _, rest = line.partition(":")
+            if name in ("Rss", "Pss"):
+                out[name] = int(rest.split()[0])
+    return out
+
+
+def test_a_slow_reader_keeps_the_session_process_small(hw, data, key):
+    # 16 MB/s is far below what the relay moves (the 100 MB tests above), so
+    # the reader is the bottleneck and everything behind it must wait
+    size, rate = 200 * MB, 16 * MB
+    digest = random_file(data / "big", size)        # /data/big in the container
+    p = subprocess.Popen(hw.ssh_argv("alice", "cat /data/big"), stdin=subprocess.DEVNULL,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0)
+    try:
+        pid = hw.session_pid(hw.one_container(user="alice"))
+        h = hashlib.sha256()
+        got, baseline, peak = 0, None, {"Rss": 0, "Pss": 0}
+        started = time.monotonic()
+        next_sample = 0
+        while chunk := p.stdout.read(64 * 1024):
+            h.update(chunk)
+            got += len(chunk)
+            if got >= next_sample:
+                mem = memory_kb(pid)
+                if baseline is None and got >= 4 * MB:
+                    baseline = mem          # threads and buffers are up by now
+                peak = {k: max(peak[k], mem[k]) for k in peak}
+                next_sample = got + MB
+            ahead = got / rate - (time.monotonic() - started)
+            if ahead > 0:
+                time.sleep(ahead)
+        assert p.wait(60) == 0, p.stderr.read()
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert got == size
+    assert h.hexdigest() == digest
+    assert baseline is not None
+    # 200 MB passed through; the session process grew by less than 32 MB
+    growth = {k: (peak[k] - baseline[k]) // 1024 for k in peak}
+    assert growth["Rss"] < 32 and growth["Pss"] < 32, (baseline, peak)

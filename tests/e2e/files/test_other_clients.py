@@ -1,0 +1,116 @@
+"""Clients nobody here wrote besides OpenSSH: paramiko (exec and sftp) and
+PuTTY's plink and pscp (Debian's putty-tools), against the real sshd."""
+
+import base64
+import hashlib
+import os
+from pathlib import Path
+
+import paramiko
+import pytest
+
+from ..stack import SSHD_PORT
+from .clients import FILES_CONFIG, HOST, TIMEOUT, random_file, run, sha256
+
+pytestmark = pytest.mark.config(FILES_CONFIG)
+
+
+def host_key(hw) -> Path:
+    return hw.tmp / "ssh_host_ed25519_key.pub"
+
+
+# ------------------------------------------------------------------ paramiko
+
+@pytest.fixture
+def client(hw, key):
+    c = paramiko.SSHClient()
+    # strict: only the stack's own host key is accepted
+    kind, blob = host_key(hw).read_text().split()[:2]
+    c.get_host_keys().add(f"[{HOST}]:{SSHD_PORT}", kind, paramiko.Ed25519Key(data=base64.b64decode(blob)))
+    c.set_missing_host_key_policy(paramiko.RejectPolicy())
+    c.connect(HOST, SSHD_PORT, username="alice", key_filename=str(key), look_for_keys=False,
+              allow_agent=False, timeout=20, banner_timeout=20, auth_timeout=20)
+    yield c
+    c.close()
+
+
+def test_paramiko_exec_streams_and_status(hw, data, client):
+    payload = os.urandom(3 << 20)
+    stdin, stdout, stderr = client.exec_command(
+        "cat > /data/p.bin; sha256sum < /data/p.bin; echo to-stderr >&2; exit 3", timeout=60)
+    stdin.write(payload)
+    stdin.channel.shutdown_write()          # EOF reaches `cat` in the container
+    out, err = stdout.read(), stderr.read()
+    assert stdout.channel.recv_exit_status() == 3
+    assert out.decode().split()[0] == hashlib.sha256(payload).hexdigest()
+    assert err == b"to-stderr\n"
+    assert (data / "p.bin").read_bytes() == payload
+
+
+def test_paramiko_sftp_put_get_rename_remove(hw, data, client, tmp_path):
+    src = tmp_path / "src.bin"
+    digest = random_file(src, 20 << 20)
+    sftp = client.open_sftp()           # the "sftp" subsystem, mapped in the container
+    sftp.get_channel().settimeout(TIMEOUT)
+    try:
+        sftp.put(str(src), "/data/up.bin")
+        assert sha256(data / "up.bin") == digest
+        assert sftp.stat("/data/up.bin").st_size == 20 << 20
+        sftp.rename("/data/up.bin", "/data/moved.bin")
+        assert sftp.listdir("/data") == ["moved.bin"]
+        sftp.get("/data/moved.bin", str(tmp_path / "down.bin"))
+        assert sha256(tmp_path / "down.bin") == digest
+        sftp.remove("/data/moved.bin")
+        assert sftp.listdir("/data") == []
+    finally:
+        sftp.close()
+    assert os.listdir(data) == []
+
+
+# ------------------------------------------------------------------ PuTTY
+
+@pytest.fixture
+def putty(hw, key, tmp_path):
+    """plink/pscp arguments: a .ppk of alice's key, the host key pinned by its
+    fingerprint (no prompt, no cache), batch mode, and a HOME of their own
+    (PuTTY writes its random seed there)."""
+    ppk = tmp_path / "alice.ppk"
+    run(["puttygen", key, "-O", "private", "-o", ppk])
+    fingerprint = run(["ssh-keygen", "-l", "-E", "sha256", "-f", host_key(hw)]).stdout.split()[1]
+    home = tmp_path / "home"
+    home.mkdir()
+    env = dict(os.environ, HOME=str(home))
+    args = ["-batch", "-P", str(SSHD_PORT), "-i", str(ppk), "-hostkey", fingerprint.decode()]
+    return args, env
+
+
+def test_plink_exec_stdin_stdout_and_status(hw, data, putty):
+    args, env = putty
+    payload = os.urandom(2 << 20)
+    p = run(["plink", "-ssh", "-T", *args, f"alice@{HOST}",
+             "sha256sum; echo to-stderr >&2; exit 7"],
+            input=payload, stdin=None, env=env, check=False)
+    assert p.returncode == 7, p.stderr
+    assert p.stdout.decode().split()[0] == hashlib.sha256(payload).hexdigest()
+    assert p.stderr == b"to-stderr\n"
+
+
+@pytest.mark.parametrize("protocol", ["-sftp", "-scp"])
+def test_pscp_both_directions(hw, data, putty, tmp_path, protocol):
+    args, env = putty
+    src = tmp_path / "src.bin"
+    digest = random_file(src, 10 << 20)
+    run(["pscp", "-q", protocol, *args, src, f"alice@{HOST}:/data/up.bin"], env=env)
+    assert sha256(data / "up.bin") == digest
+    run(["pscp", "-q", protocol, *args, f"alice@{HOST}:/data/up.bin", tmp_path / "down.bin"],
+        env=env)
+    assert sha256(tmp_path / "down.bin") == digest
+
+
+def test_pscp_legacy_scp_error_is_reported(hw, data, putty, tmp_path):
+    args, env = putty
+    p = run(["pscp", "-q", "-scp", *args, f"alice@{HOST}:/data/missing", tmp_path / "x"],
+            env=env, check=False)
+    assert p.returncode != 0
+    assert b"No such file or directory" in p.stderr + p.stdout
+    assert not (tmp_path / "x").exists()
