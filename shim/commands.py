@@ -35,8 +35,10 @@ def sftp_argv(candidates: list[str]) -> list[str]:
 
 
 def _no_sftp(tried: str) -> str:
+    # On stdout: sshd discards a subsystem's stderr, and shim/sftp_fallback.py
+    # turns this line into SFTP answers the client shows.
     msg = f"hatchway: this environment has no sftp server (tried {tried})"
-    return f"echo {shlex.quote(msg)} >&2; exit 127"
+    return f"echo {shlex.quote(msg)}; exit 127"
 
 
 def _rebuild_bytes(command: bytes) -> str:

@@ -14,7 +14,7 @@ import os
 import socket
 import time
 
-from . import backends, commands, labels, peer, resolve, terminal
+from . import backends, commands, labels, peer, resolve, sftp_fallback, terminal
 from .backends.base import BackendError, SessionSpec
 from .hatchway_shell import pack
 from .relay import Relay
@@ -85,6 +85,8 @@ class Session:
             log.warning("session failed user=%s session=%s: %s", spec.user, spec.session_id, e)
             self.reply({"type": "error", "message": str(e), "code": 255})
             return
+        if spec.kind == "subsystem":
+            proc = sftp_fallback.Watch(proc)    # an image without an sftp server
 
         relay = Relay(proc, self.fds, spec.pty, self.conn, reader, pending,
                       spec.config["session"]["stop_grace"])

@@ -193,8 +193,9 @@ def test_git_push_then_clone_over_protocol_v2(hw, data, key, tmp_path):
     # git-upload-pack in the container; without it the server answers v0.
     trace = {"GIT_TRACE_PACKET": "1"}
     p = git("-c", "protocol.version=2", "ls-remote", url, cwd=tmp_path, key=key, env=trace)
-    assert b"git< version 2" in p.stderr, p.stderr[-2000:]
-    assert b"git< ls-refs" in p.stderr
+    # (trace lines read "packet:   ls-remote< version 2": `<` is what the server sent)
+    assert b"< version 2\n" in p.stderr, p.stderr[-2000:]
+    assert b"< ls-refs" in p.stderr
     p = git("-c", "protocol.version=0", "ls-remote", url, cwd=tmp_path, key=key, env=trace)
-    assert b"git< version 2" not in p.stderr
+    assert b"< version 2\n" not in p.stderr
 
