@@ -12,7 +12,8 @@ line, Watch answers the client in the server's place: VERSION 3 for INIT,
 then SSH_FX_OP_UNSUPPORTED carrying the line for every request, until the
 client hangs up (the exit status stays the fallback's 127).  OpenSSH's sftp
 prints it ("realpath .: hatchway: this environment has no sftp server (…)"),
-paramiko raises it, PuTTY shows it; scp only says "Operation unsupported".
+paramiko raises it; scp and PuTTY's pscp show only the code's own text,
+"Operation unsupported".
 """
 
 from __future__ import annotations

@@ -66,19 +66,26 @@ def test_sftp_sees_what_an_earlier_session_left(hw, data, key, tmp_path):
     assert (tmp_path / "note").read_text() == "persisted\n"
 
 
+NO_SFTP = b"hatchway: this environment has no sftp server (tried /usr/lib/openssh/sftp-server)"
+
+
 @pytest.mark.config({"docker": {"image": DEMO_IMAGE}})
 def test_an_image_without_an_sftp_server_fails_fast_and_clearly(hw, key, tmp_path):
-    # busybox only: no /usr/lib/openssh/sftp-server, no fallback
+    # busybox only: no /usr/lib/openssh/sftp-server, no fallback.  sshd drops a
+    # subsystem's stderr, so the line comes as the SFTP server's error answer.
     p = sftp(key, "alice", "ls /\n", tmp_path, check=False, timeout=60)
     assert p.returncode != 0
-    assert b"hatchway: this environment has no sftp server (tried /usr/lib/openssh/sftp-server)" \
-        in p.stderr, p.stderr
-    # scp's default (SFTP) mode asks for the same subsystem
+    assert b"realpath .: " + NO_SFTP + b"\r\n" in p.stderr, p.stderr
+    # scp's default (SFTP) mode asks for the same subsystem; it shows only the
+    # status code's own text, not the server's message
     src = tmp_path / "f"
     src.write_bytes(b"x")
     p = scp(key, src, remote("alice", "/tmp/f"), check=False, timeout=60)
     assert p.returncode != 0
-    assert b"this environment has no sftp server" in p.stderr, p.stderr
+    assert b"Operation unsupported" in p.stderr, p.stderr
+    # each session ended with the fallback's status, its container gone
+    ends = [line for line in hw.daemon_log().splitlines() if "session end " in line]
+    assert all(" exit=127 " in line for line in ends[-2:]), ends[-2:]
 
 
 # ------------------------------------------------------------------ scp

@@ -9,6 +9,7 @@ from pathlib import Path
 import paramiko
 import pytest
 
+from ..stack import IMAGE as DEMO_IMAGE
 from ..stack import SSHD_PORT
 from .clients import FILES_CONFIG, HOST, TIMEOUT, random_file, run, sha256
 
@@ -67,6 +68,15 @@ def test_paramiko_sftp_put_get_rename_remove(hw, data, client, tmp_path):
     assert os.listdir(data) == []
 
 
+@pytest.mark.config({"docker": {"image": DEMO_IMAGE}})
+def test_paramiko_sftp_without_a_server_says_why(hw, client):
+    sftp = client.open_sftp()
+    sftp.get_channel().settimeout(60)
+    with pytest.raises(IOError, match="hatchway: this environment has no sftp server"):
+        sftp.listdir("/")
+    sftp.close()
+
+
 # ------------------------------------------------------------------ PuTTY
 
 @pytest.fixture
@@ -105,6 +115,16 @@ def test_pscp_both_directions(hw, data, putty, tmp_path, protocol):
     run(["pscp", "-q", protocol, *args, f"alice@{HOST}:/data/up.bin", tmp_path / "down.bin"],
         env=env)
     assert sha256(tmp_path / "down.bin") == digest
+
+
+@pytest.mark.config({"docker": {"image": DEMO_IMAGE}})
+def test_pscp_without_an_sftp_server_fails_fast(hw, putty, tmp_path):
+    args, env = putty
+    p = run(["pscp", "-q", "-sftp", *args, f"alice@{HOST}:/etc/hostname", tmp_path / "x"],
+            env=env, check=False, timeout=60)
+    assert p.returncode != 0
+    # PuTTY shows the status code's own text, not the server's message
+    assert p.stderr == b"unable to identify /etc/hostname: operation unsupported\n", p
 
 
 def test_pscp_legacy_scp_error_is_reported(hw, data, putty, tmp_path):
