@@ -58,6 +58,15 @@ def scp(key: Path, *args, legacy: bool = False, check=True, timeout=TIMEOUT):
                 *args], check=check, timeout=timeout)
 
 
+def git(*args, cwd=None, key=None, env=None, check=True, timeout=TIMEOUT):
+    """git with its ssh pointed at the stack, and no host or user config."""
+    environment = dict(os.environ, GIT_SSH_COMMAND=ssh_command(key), GIT_CONFIG_NOSYSTEM="1",
+                       HOME=str(cwd or "/nonexistent"), GIT_AUTHOR_NAME="t",
+                       GIT_AUTHOR_EMAIL="t@example.org", GIT_COMMITTER_NAME="t",
+                       GIT_COMMITTER_EMAIL="t@example.org", **(env or {}))
+    return run(["git", *args], cwd=cwd, env=environment, check=check, timeout=timeout)
+
+
 def remote(user: str, path: str) -> str:
     return f"{user}@{HOST}:{path}"
 

@@ -3,12 +3,14 @@ the failure that sank ContainerSSH's Java predecessor was a session holding a
 whole download in memory while its client read slowly."""
 
 import hashlib
+import os
 import subprocess
 import time
 
 import pytest
 
-from .clients import FILES_CONFIG, random_file, remote, scp, sftp, sha256
+from .clients import (FILES_CONFIG, HOST, SSHD_PORT, git, random_file, remote, run, scp, sftp,
+                      sha256, ssh_command)
 
 pytestmark = pytest.mark.config(FILES_CONFIG)
 
@@ -36,6 +38,56 @@ def test_sftp_100mb_both_directions(hw, data, key, tmp_path, big):
     sftp(key, "alice", f"put {src} /data/up.bin\nget /data/up.bin {tmp_path}/down.bin\n",
          tmp_path, timeout=300)
     assert sha256(data / "up.bin") == digest
+    assert sha256(tmp_path / "down.bin") == digest
+
+
+def test_rsync_100mb_both_directions(hw, data, key, tmp_path, big):
+    src, digest = big
+    rsh = ["-e", ssh_command(key)]
+    run(["rsync", "-a", *rsh, src, remote("alice", "/data/up.bin")], timeout=300)
+    assert sha256(data / "up.bin") == digest
+    run(["rsync", "-a", *rsh, remote("alice", "/data/up.bin"), tmp_path / "down.bin"],
+        timeout=300)
+    assert sha256(tmp_path / "down.bin") == digest
+
+
+def test_git_100mb_blob_push_and_clone(hw, data, key, tmp_path, big):
+    src, digest = big
+    url = f"ssh://alice@{HOST}:{SSHD_PORT}/data/big.git"
+    assert hw.ssh("alice", "git init -q --bare /data/big.git").returncode == 0
+    work = tmp_path / "work"
+    work.mkdir()
+    os.link(src, work / "big.bin")
+    git("init", "-q", cwd=work, key=key)
+    git("add", "big.bin", cwd=work, key=key)
+    git("commit", "-q", "-m", "big", cwd=work, key=key)
+    git("push", "-q", url, "HEAD:refs/heads/main", cwd=work, key=key, timeout=300)
+    git("clone", "-q", "-b", "main", url, tmp_path / "clone", cwd=tmp_path, key=key, timeout=300)
+    assert sha256(tmp_path / "clone" / "big.bin") == digest
+
+
+def test_paramiko_sftp_100mb_both_directions(hw, data, client, tmp_path, big):
+    src, digest = big
+    sftp = client.open_sftp()
+    sftp.get_channel().settimeout(300)
+    try:
+        sftp.put(str(src), "/data/up.bin")
+        assert sha256(data / "up.bin") == digest
+        sftp.get("/data/up.bin", str(tmp_path / "down.bin"))
+    finally:
+        sftp.close()
+    assert sha256(tmp_path / "down.bin") == digest
+
+
+@pytest.mark.parametrize("protocol", ["-sftp", "-scp"])
+def test_pscp_100mb_both_directions(hw, data, putty, tmp_path, big, protocol):
+    src, digest = big
+    args, env = putty
+    run(["pscp", "-q", protocol, *args, src, f"alice@{HOST}:/data/up.bin"], env=env,
+        timeout=300)
+    assert sha256(data / "up.bin") == digest
+    run(["pscp", "-q", protocol, *args, f"alice@{HOST}:/data/up.bin", tmp_path / "down.bin"],
+        env=env, timeout=300)
     assert sha256(tmp_path / "down.bin") == digest
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from ..stack import IMAGE as DEMO_IMAGE
 from ..stack import SSHD_PORT
-from .clients import (FILES_CONFIG, HOST, random_file, remote, run, scp, sftp, sha256,
+from .clients import (FILES_CONFIG, HOST, git, random_file, remote, run, scp, sftp, sha256,
                       ssh_command, tree_listing)
 
 pytestmark = pytest.mark.config(FILES_CONFIG)
@@ -158,14 +158,6 @@ def test_rsync_a_tree_both_ways(hw, data, key, tmp_path):
 
 
 # ------------------------------------------------------------------ git
-
-def git(*args, cwd=None, key=None, env=None, check=True):
-    environment = dict(os.environ, GIT_SSH_COMMAND=ssh_command(key), GIT_CONFIG_NOSYSTEM="1",
-                       HOME=str(cwd or "/nonexistent"), GIT_AUTHOR_NAME="t",
-                       GIT_AUTHOR_EMAIL="t@example.org", GIT_COMMITTER_NAME="t",
-                       GIT_COMMITTER_EMAIL="t@example.org", **(env or {}))
-    return run(["git", *args], cwd=cwd, env=environment, check=check)
-
 
 def test_git_push_then_clone_over_protocol_v2(hw, data, key, tmp_path):
     url = f"ssh://alice@{HOST}:{SSHD_PORT}/data/repo.git"

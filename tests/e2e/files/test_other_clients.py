@@ -1,39 +1,18 @@
 """Clients nobody here wrote besides OpenSSH: paramiko (exec and sftp) and
 PuTTY's plink and pscp (Debian's putty-tools), against the real sshd."""
 
-import base64
 import hashlib
 import os
-from pathlib import Path
 
-import paramiko
 import pytest
 
 from ..stack import IMAGE as DEMO_IMAGE
-from ..stack import SSHD_PORT
 from .clients import FILES_CONFIG, HOST, TIMEOUT, random_file, run, sha256
 
 pytestmark = pytest.mark.config(FILES_CONFIG)
 
 
-def host_key(hw) -> Path:
-    return hw.tmp / "ssh_host_ed25519_key.pub"
-
-
 # ------------------------------------------------------------------ paramiko
-
-@pytest.fixture
-def client(hw, key):
-    c = paramiko.SSHClient()
-    # strict: only the stack's own host key is accepted
-    kind, blob = host_key(hw).read_text().split()[:2]
-    c.get_host_keys().add(f"[{HOST}]:{SSHD_PORT}", kind, paramiko.Ed25519Key(data=base64.b64decode(blob)))
-    c.set_missing_host_key_policy(paramiko.RejectPolicy())
-    c.connect(HOST, SSHD_PORT, username="alice", key_filename=str(key), look_for_keys=False,
-              allow_agent=False, timeout=20, banner_timeout=20, auth_timeout=20)
-    yield c
-    c.close()
-
 
 def test_paramiko_exec_streams_and_status(hw, data, client):
     payload = os.urandom(3 << 20)
@@ -78,21 +57,6 @@ def test_paramiko_sftp_without_a_server_says_why(hw, client):
 
 
 # ------------------------------------------------------------------ PuTTY
-
-@pytest.fixture
-def putty(hw, key, tmp_path):
-    """plink/pscp arguments: a .ppk of alice's key, the host key pinned by its
-    fingerprint (no prompt, no cache), batch mode, and a HOME of their own
-    (PuTTY writes its random seed there)."""
-    ppk = tmp_path / "alice.ppk"
-    run(["puttygen", key, "-O", "private", "-o", ppk])
-    fingerprint = run(["ssh-keygen", "-l", "-E", "sha256", "-f", host_key(hw)]).stdout.split()[1]
-    home = tmp_path / "home"
-    home.mkdir()
-    env = dict(os.environ, HOME=str(home))
-    args = ["-batch", "-P", str(SSHD_PORT), "-i", str(ppk), "-hostkey", fingerprint.decode()]
-    return args, env
-
 
 def test_plink_exec_stdin_stdout_and_status(hw, data, putty):
     args, env = putty
