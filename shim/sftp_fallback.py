@@ -18,10 +18,13 @@ paramiko raises it; scp and PuTTY's pscp show only the code's own text,
 
 from __future__ import annotations
 
+import logging
 import struct
 import threading
 
 from .backends.base import ExitStatus, Process
+
+log = logging.getLogger("hatchwayd")
 
 MARKER = b"hatchway: this environment has no sftp server"
 
@@ -126,6 +129,7 @@ class Watch(Process):
                 if not item[1].startswith(MARKER):
                     return item
                 self._responder = Responder(item[1].split(b"\n", 1)[0])
+                log.info("container %s has no sftp server; telling the client in SFTP", self.id)
                 self._answer(seen)
         with self._cond:
             while not self._answers and not self._ended:
