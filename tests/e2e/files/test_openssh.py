@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from ..stack import IMAGE as DEMO_IMAGE
-from ..stack import SSHD_PORT
+from ..stack import SSHD_PORT, wait_for
 from .clients import (FILES_CONFIG, HOST, git, random_file, remote, run, scp, sftp, sha256,
                       ssh_command, tree_listing)
 
@@ -73,6 +73,7 @@ NO_SFTP = b"hatchway: this environment has no sftp server (tried /usr/lib/openss
 def test_an_image_without_an_sftp_server_fails_fast_and_clearly(hw, key, tmp_path):
     # busybox only: no /usr/lib/openssh/sftp-server, no fallback.  sshd drops a
     # subsystem's stderr, so the line comes as the SFTP server's error answer.
+    before = len(hw.daemon_log().splitlines())
     p = sftp(key, "alice", "ls /\n", tmp_path, check=False, timeout=60)
     assert p.returncode != 0
     assert b"realpath .: " + NO_SFTP + b"\r\n" in p.stderr, p.stderr
@@ -83,9 +84,13 @@ def test_an_image_without_an_sftp_server_fails_fast_and_clearly(hw, key, tmp_pat
     p = scp(key, src, remote("alice", "/tmp/f"), check=False, timeout=60)
     assert p.returncode != 0
     assert b"Operation unsupported" in p.stderr, p.stderr
-    # each session ended with the fallback's status, its container gone
-    ends = [line for line in hw.daemon_log().splitlines() if "session end " in line]
-    assert all(" exit=127 " in line for line in ends[-2:]), ends[-2:]
+    # both sessions ended with the fallback's status (logged just after the
+    # client has its answer)
+    def both_ended():
+        ends = [line for line in hw.daemon_log().splitlines()[before:] if "session end " in line]
+        return ends if len(ends) == 2 else None
+    ends = wait_for(both_ended, 15, what="both sessions to end")
+    assert all(" exit=127 " in line for line in ends), ends
 
 
 # ------------------------------------------------------------------ scp
