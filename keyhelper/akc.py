@@ -29,7 +29,8 @@ from . import connection, http11, sshkeys
 from .webhook_client import Decision, WebhookError, check_pubkey
 
 # What sshd's NSS lookup can hand us as %u for a Debian account.
-USERNAME = re.compile(r"^[a-z_][a-z0-9_.-]{0,31}\$?$")
+# (\Z, not $: `$` also matches before a trailing newline.)
+USERNAME = re.compile(r"[a-z_][a-z0-9_.-]{0,31}\$?\Z")
 UNKNOWN_REMOTE = "0.0.0.0:0"
 OPTIONS = "restrict,pty"
 
@@ -175,7 +176,10 @@ def authorized_line(argv: list[str], decision: Decision) -> str:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     started = time.monotonic()
-    syslog.openlog("hatchway-keys", syslog.LOG_PID, syslog.LOG_AUTHPRIV)
+    # LOG_PERROR: the same line on stderr too.  sshd sends the helper's stderr to
+    # /dev/null, so this costs nothing there; run by hand (or by the tests) the
+    # decision and its reason show up without a syslog daemon.
+    syslog.openlog("hatchway-keys", syslog.LOG_PID | syslog.LOG_PERROR, syslog.LOG_AUTHPRIV)
 
     def too_late(signum, frame):
         log("decision=deny reason=\"total deadline exceeded\"", syslog.LOG_WARNING)

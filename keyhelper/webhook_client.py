@@ -94,7 +94,9 @@ def _split(url: str) -> tuple[str, str]:
 
 # ----------------------------------------------------------------- /pubkey
 
-_FROM_PATTERN = re.compile(r"^!?[A-Za-z0-9.:/*?_-]{1,255}$")
+# \Z, not $ (which also matches before a trailing newline): a newline in a
+# pattern would split the line sshd reads.
+_FROM_PATTERN = re.compile(r"!?[A-Za-z0-9.:/*?_-]{1,255}\Z")
 
 
 def check_pubkey(conf: dict, *, username: str, public_key: str, remote_address: str,
