@@ -80,7 +80,7 @@ def post_json(conf: dict, url: str, payload: dict, deadline: http11.Deadline) ->
     try:
         text = resp.body.decode("utf-8")
         data = json.loads(text) if text.strip() else None
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):   # the last: a nesting bomb
         data = None
     return resp.status, data
 
