@@ -214,15 +214,38 @@ def _daemon_socket_access(host: str, user: str = "hatchway") -> list[str]:
             f"`adduser {user} {gname}`, then restart hatchwayd"]
 
 
-def _secret_problems(path: str, what: str, secret: bool) -> list[str]:
+KEY_HELPER = "hatchway-keys"
+
+
+def _secret_problems(path: str, what: str, secret: bool, user: str = KEY_HELPER) -> list[str]:
+    """The key helper runs as `user` and must be able to read every TLS file
+    and the token; the private key and the token must be readable by nobody else."""
+    import pwd
     try:
         st = os.stat(path)
     except OSError as e:
         return [f"auth.webhook.{what}: {path}: {e.strerror}"]
     if secret and st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
         return [f"auth.webhook.{what}: {path} is readable by others (mode "
-                f"{stat.S_IMODE(st.st_mode):04o}); make it 0600, owned by hatchway-keys"]
+                f"{stat.S_IMODE(st.st_mode):04o}); make it 0600, owned by {user}"]
+    try:
+        pw = pwd.getpwnam(user)
+    except KeyError:
+        return [f"auth.webhook.{what}: user {user} does not exist (reinstall the package)"]
+    if not _readable_by(st, pw):
+        return [f"auth.webhook.{what}: {path} is not readable by {user}, so every key "
+                f"check fails; `chown {user} {path}`"]
     return []
+
+
+def _readable_by(st: os.stat_result, pw) -> bool:
+    import grp
+    if st.st_uid == pw.pw_uid:
+        return bool(st.st_mode & stat.S_IRUSR)
+    groups = {pw.pw_gid} | {g.gr_gid for g in grp.getgrall() if pw.pw_name in g.gr_mem}
+    if st.st_gid in groups:
+        return bool(st.st_mode & stat.S_IRGRP)
+    return bool(st.st_mode & stat.S_IROTH)
 
 
 admin_cli.register(cli, on_user_removed=lambda name: end_sessions_of(name))
