@@ -81,6 +81,10 @@ class ContainerSSHServer:
         self.pubkey_users: set[str] = set(pubkey_users)
         self.extensions: dict[str, dict] = {}    # username -> Hatchway's `hatchway` reply object
         self.behaviour = "normal"
+        # users whose /pubkey requests are held, unanswered, until the client
+        # gives up; (user, request arrival, client gone) in `held`, monotonic
+        self.hang: set[str] = set()
+        self.held: list[tuple[str, float, float]] = []
         self.requests: list[tuple[str, dict]] = []
         self.headers: list[dict[str, str]] = []
         self.replies: list[tuple[str, dict]] = []
@@ -124,6 +128,8 @@ class ContainerSSHServer:
                             connectionId=req.get("connectionId", ""),
                             username=req.get("username", ""))
                 user = req.get("username")
+                if route == "pubkey" and user in server.hang:
+                    return self._hold(user)
                 if route == "config":
                     answer = dict(echo, config=server.configs.get(user, {}))
                 elif route == "pubkey":
@@ -137,6 +143,17 @@ class ContainerSSHServer:
                     answer = dict(echo, success=False)
                 server.replies.append((route, answer))
                 self._reply(200, json.dumps(answer).encode())
+
+            def _hold(self, user: str):
+                arrived = time.monotonic()
+                self.connection.settimeout(120)
+                try:
+                    while self.connection.recv(4096):
+                        pass
+                except OSError:
+                    pass
+                server.held.append((user, arrived, time.monotonic()))
+                self.close_connection = True
 
             do_POST = do_GET = do_PUT = _handle
 
