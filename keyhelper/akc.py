@@ -25,7 +25,7 @@ import syslog
 import time
 
 from . import config as config_mod
-from . import connection, http11, sshkeys
+from . import compiled_config, connection, http11, sshkeys
 from .webhook_client import Decision, WebhookError, check_pubkey
 
 # What sshd's NSS lookup can hand us as %u for a Debian account.
@@ -190,9 +190,12 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
 
     # sshd gives this process a fixed environment (PATH, USER, HOME, LANG); the
-    # variable is for running the helper by hand against another config.
+    # variables are for running the helper by hand against another config.
     try:
-        conf = config_mod.load(os.environ.get("HATCHWAY_CONFIG") or config_mod.DEFAULT_PATH)
+        auth, _ = compiled_config.load_auth(
+            os.environ.get("HATCHWAY_CONFIG") or config_mod.DEFAULT_PATH,
+            os.environ.get("HATCHWAY_KEYS_DIR") or compiled_config.DEFAULT_DIR)
+        conf = {"auth": auth}
     except config_mod.ConfigError as e:
         log(f"decision=deny reason=\"config: {e}\"", syslog.LOG_ERR)
         return 0

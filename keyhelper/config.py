@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import copy
 import re
-from dataclasses import dataclass, field
-from typing import Any, Callable
+
+# Plain classes and no `typing` at run time: hatchway-keys imports this module
+# on every key check, and `dataclasses` (with inspect, ast, dis) plus `typing`
+# cost it ~10 ms of start-up.  Annotations stay strings (__future__).
 
 DEFAULT_PATH = "/etc/hatchway/hatchway.yaml"
 
@@ -59,29 +61,37 @@ def parse_size(value: Any) -> int:
     return int(float(m.group(1)) * _SIZE_UNITS[unit])
 
 
-@dataclass
 class T:
     """One typed leaf of the schema."""
-    kind: str                      # str int float bool duration size enum list map any
-    default: Any = None
-    choices: tuple = ()
-    item: "T | None" = None        # element type for list/map
-    check: Callable[[Any], Any] | None = None  # extra validation, may normalise
-    doc: str = ""
+    __slots__ = ("kind", "default", "choices", "item", "check", "doc")
+
+    def __init__(self, kind: str, default: Any = None, choices: tuple = (),
+                 item: "T | None" = None, check: "Callable[[Any], Any] | None" = None,
+                 doc: str = ""):
+        self.kind = kind           # str int float bool duration size enum list map any
+        self.default = default
+        self.choices = choices
+        self.item = item           # element type for list/map
+        self.check = check         # extra validation, may normalise
+        self.doc = doc
 
 
-@dataclass
 class S:
     """A section: a mapping with a fixed set of keys."""
-    fields: dict[str, "T | S"] = field(default_factory=dict)
-    open: bool = False             # unknown keys allowed (passed through as-is)
+    __slots__ = ("fields", "open")
+
+    def __init__(self, fields: "dict[str, T | S] | None" = None, open: bool = False):
+        self.fields = {} if fields is None else fields
+        self.open = open           # unknown keys allowed (passed through as-is)
 
 
-@dataclass
 class M:
     """A mapping from free-form names (e.g. group names) to sections."""
-    item: S
-    default: Any = field(default_factory=dict)
+    __slots__ = ("item", "default")
+
+    def __init__(self, item: S, default: Any = None):
+        self.item = item
+        self.default = {} if default is None else default
 
 
 def _url(value: str) -> str:

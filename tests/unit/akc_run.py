@@ -79,11 +79,18 @@ def parse_fields(line: str) -> dict[str, str]:
 
 
 def run_keys(entry: Path, config: Path | str, *argv: str, timeout: float = 30,
-             user: int | None = None) -> Run:
+             user: int | None = None, pyflags: tuple = ()) -> Run:
+    # the helper's parsed copy of the config goes next to the config (a
+    # directory of its own), never to the host's /var/cache/hatchway-keys
+    state = Path(config).parent / "keys-state"
+    if not state.exists():
+        state.mkdir(mode=0o700)
+        if user is not None:
+            os.chown(state, user, user)
     env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8",
-           "HATCHWAY_CONFIG": str(config)}
+           "HATCHWAY_CONFIG": str(config), "HATCHWAY_KEYS_DIR": str(state)}
     started = time.monotonic()
-    p = subprocess.run([PYTHON, "-IS", str(entry), *argv], stdin=subprocess.DEVNULL,
+    p = subprocess.run([PYTHON, *pyflags, "-IS", str(entry), *argv], stdin=subprocess.DEVNULL,
                        capture_output=True, cwd="/", env=env, timeout=timeout,
                        user=user, group=user, extra_groups=[] if user is not None else None)
     return Run(p, time.monotonic() - started)

@@ -144,3 +144,18 @@ def test_webhook_url_with_a_path_gets_pubkey_appended(env, tmp_path, reference):
     assert run_keys(env["entry"], cfg, "foo", env["type"], env["key"]).stdout
     assert reference.calls() == 1
 
+
+
+def test_a_warm_call_never_imports_yaml(env, config, reference):
+    # PyYAML's import is a quarter of the helper's run: only the first call
+    # after a config change may pay it (keyhelper/compiled_config.py)
+    def imported(r):
+        return {ln.split("|")[-1].strip() for ln in r.stderr.splitlines()
+                if ln.startswith("import time:")}
+    argv = ("foo", env["type"], env["key"])
+    first = run_keys(env["entry"], config, *argv, pyflags=("-X", "importtime"))
+    second = run_keys(env["entry"], config, *argv, pyflags=("-X", "importtime"))
+    assert first.stdout and second.stdout == first.stdout
+    assert "yaml" in imported(first)
+    assert "yaml" not in imported(second)
+    assert not {"dataclasses", "typing", "http.client", "email"} & imported(second)

@@ -15,7 +15,7 @@ import pytest
 
 from tests.e2e.webhook_servers import ContainerSSHServer, RawServer, closed_port, http_response
 
-from .akc_run import assert_denied, entry_point, keygen, run_keys, write_config
+from .akc_run import ROOT, assert_denied, entry_point, keygen, run_keys, write_config
 
 TIMEOUT = 1.0     # the helper's total deadline in the slow cases below
 
@@ -257,7 +257,13 @@ def test_unusable_token_file(env, tmp_path, make):
         srv.close()
 
 
+def _others_can_reach(path: Path) -> bool:
+    return all(os.stat(p).st_mode & 0o005 == 0o005 for p in [path, *path.parents])
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run the helper as another user")
+@pytest.mark.skipif(not _others_can_reach(ROOT), reason="the work tree is private to root "
+                    "(a package build's scratch copy)")
 def test_token_file_the_helper_user_cannot_read(env):
     # The packaged case: the helper runs as hatchway-keys, the token is root's 0600.
     # Run as nobody, with everything else readable to nobody (pytest's own
