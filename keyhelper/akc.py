@@ -15,7 +15,6 @@ It never creates containers: authentication is not finished when it runs.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -24,9 +23,12 @@ import sys
 import syslog
 import time
 
-from . import config as config_mod
-from . import compiled_config, connection, http11, sshkeys
-from .webhook_client import Decision, WebhookError, check_pubkey
+# Only what every call needs: the HTTP client (with socket, threading,
+# urllib) is imported on a cache miss only, the config schema (and PyYAML)
+# only when the config changed (compiled_config.py).
+from . import compiled_config, connection, sshkeys
+from .digest import sha256
+from .errors import ConfigError, Decision
 
 # What sshd's NSS lookup can hand us as %u for a Debian account.
 # (\Z, not $: `$` also matches before a trailing newline.)
@@ -77,7 +79,7 @@ class Cache:
         return True
 
     def _path(self, user: str, fp: str) -> str:
-        return os.path.join(self.dir, hashlib.sha256(f"{user}\0{fp}".encode()).hexdigest())
+        return os.path.join(self.dir, sha256(f"{user}\0{fp}".encode()).hexdigest())
 
     def get(self, user: str, fp: str, max_age: float) -> list[str] | None:
         if not self.usable:
@@ -145,11 +147,13 @@ def decide(argv: list[str], conf: dict) -> tuple[Decision, dict]:
             info["cache"] = "hit"
             return Decision(True, "cached yes", hit), info
 
+    from . import http11
+    from .webhook_client import WebhookError, check_pubkey
     wh = conf["auth"]["webhook"]
     try:
         conn_id = connection.connection_id_for(os.getppid())
     except (OSError, ValueError, IndexError):
-        conn_id = hashlib.sha256(os.urandom(16)).hexdigest()[:32]
+        conn_id = sha256(os.urandom(16)).hexdigest()[:32]
     info["conn"] = conn_id
     try:
         decision = check_pubkey(wh, username=user, public_key=key.line(), remote_address=remote,
@@ -193,10 +197,10 @@ def main(argv: list[str] | None = None) -> int:
     # variables are for running the helper by hand against another config.
     try:
         auth, _ = compiled_config.load_auth(
-            os.environ.get("HATCHWAY_CONFIG") or config_mod.DEFAULT_PATH,
+            os.environ.get("HATCHWAY_CONFIG") or compiled_config.CONFIG_PATH,
             os.environ.get("HATCHWAY_KEYS_DIR") or compiled_config.DEFAULT_DIR)
         conf = {"auth": auth}
-    except config_mod.ConfigError as e:
+    except ConfigError as e:
         log(f"decision=deny reason=\"config: {e}\"", syslog.LOG_ERR)
         return 0
     signal.setitimer(signal.ITIMER_REAL,

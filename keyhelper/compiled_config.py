@@ -15,9 +15,14 @@ from __future__ import annotations
 import json
 import os
 
-from . import config as config_mod
+from .digest import sha256
+from .errors import ConfigError
 
 DEFAULT_DIR = "/var/cache/hatchway-keys"
+CONFIG_PATH = "/etc/hatchway/hatchway.yaml"     # = config.DEFAULT_PATH, without importing it
+# The schema module, by file: importing it costs the helper ~2 ms, and it is
+# needed only when the YAML has to be parsed again.
+SCHEMA_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "config.py")
 NAME = "config.json"
 
 
@@ -32,21 +37,20 @@ def private_dir(path: str) -> bool:
 
 
 def _schema_id() -> list:
-    st = os.stat(config_mod.__file__)
+    st = os.stat(SCHEMA_FILE)
     return [st.st_ino, st.st_size, st.st_mtime_ns]
 
 
 def load_auth(path: str, state_dir: str = DEFAULT_DIR) -> tuple[dict, bool]:
     """(the validated `auth` section, whether it came from the stored copy).
-    Raises config_mod.ConfigError like config.load."""
-    from hashlib import sha256
+    Raises ConfigError like config.load."""
     try:
         with open(path, "rb") as f:
             raw = f.read()
     except FileNotFoundError:
-        raise config_mod.ConfigError(f"{path}: config file not found") from None
+        raise ConfigError(f"{path}: config file not found") from None
     except OSError as e:
-        raise config_mod.ConfigError(f"{path}: cannot read config: {e}") from None
+        raise ConfigError(f"{path}: cannot read config: {e}") from None
     tag = {"path": path, "sha256": sha256(raw).hexdigest(), "schema": _schema_id()}
     usable = private_dir(state_dir)
     stored = os.path.join(state_dir, NAME)
@@ -61,7 +65,8 @@ def load_auth(path: str, state_dir: str = DEFAULT_DIR) -> tuple[dict, bool]:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise config_mod.ConfigError(f"{path}: cannot read config: {e}") from None
+        raise ConfigError(f"{path}: cannot read config: {e}") from None
+    from . import config as config_mod
     auth = config_mod.load_text(text, path)["auth"]
     if usable:
         _store(stored, {"tag": tag, "auth": auth})

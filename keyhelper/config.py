@@ -11,15 +11,13 @@ from __future__ import annotations
 import copy
 import re
 
-# Plain classes and no `typing` at run time: hatchway-keys imports this module
-# on every key check, and `dataclasses` (with inspect, ast, dis) plus `typing`
-# cost it ~10 ms of start-up.  Annotations stay strings (__future__).
+from .errors import ConfigError  # noqa: F401  (defined apart, see errors.py)
+
+# Plain classes and no `typing` at run time: `dataclasses` (with inspect, ast,
+# dis) and `typing` cost ~10 ms to import, and hatchway-keys imports this module
+# whenever the config changed.  Annotations stay strings (__future__).
 
 DEFAULT_PATH = "/etc/hatchway/hatchway.yaml"
-
-
-class ConfigError(Exception):
-    """A config problem, already phrased as `file:line: key: what is wrong`."""
 
 
 # --------------------------------------------------------------------------

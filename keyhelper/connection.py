@@ -10,7 +10,8 @@ boot id name it uniquely; hashing them gives an opaque id that leaks nothing.
 
 from __future__ import annotations
 
-import hashlib
+from .digest import sha256
+
 
 
 def _read(path: str) -> str:
@@ -40,4 +41,4 @@ def boot_id() -> str:
 def connection_id_for(monitor_pid: int) -> str:
     _, _, start = proc_stat(monitor_pid)
     raw = f"{boot_id()}:{monitor_pid}:{start}".encode()
-    return hashlib.sha256(raw).hexdigest()[:32]
+    return sha256(raw).hexdigest()[:32]

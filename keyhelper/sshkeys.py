@@ -7,9 +7,10 @@ in one place with one clear reason.
 
 from __future__ import annotations
 
+from .digest import sha256
+
 import base64
 import binascii
-import hashlib
 import re
 import struct
 
@@ -68,7 +69,7 @@ class PublicKey:
     @property
     def fingerprint(self) -> str:
         """As `ssh-keygen -l` prints it: SHA256:<unpadded base64>."""
-        digest = hashlib.sha256(self.blob).digest()
+        digest = sha256(self.blob).digest()
         return "SHA256:" + base64.b64encode(digest).decode("ascii").rstrip("=")
 
     def line(self, options: str = "") -> str:

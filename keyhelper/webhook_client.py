@@ -19,29 +19,11 @@ import re
 import time
 
 from . import http11
+from .errors import Decision  # noqa: F401  (re-exported)
 
 
 class WebhookError(Exception):
     """The webhook could not give an answer (as opposed to answering no)."""
-
-
-class Decision:
-    # a plain class: `dataclasses` costs the key helper ~8 ms of start-up
-    __slots__ = ("allowed", "reason", "options")
-
-    def __init__(self, allowed: bool, reason: str, options: list[str] | None = None):
-        self.allowed = allowed
-        self.reason = reason
-        self.options = [] if options is None else options
-
-    def __eq__(self, other):
-        if not isinstance(other, Decision):
-            return NotImplemented
-        return (self.allowed, self.reason, self.options) == \
-            (other.allowed, other.reason, other.options)
-
-    def __repr__(self):
-        return f"Decision({self.allowed}, {self.reason!r}, {self.options!r})"
 
 
 def _tls(conf: dict) -> dict:

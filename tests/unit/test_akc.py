@@ -146,16 +146,29 @@ def test_webhook_url_with_a_path_gets_pubkey_appended(env, tmp_path, reference):
 
 
 
+def _imported(r):
+    return {ln.split("|")[-1].strip() for ln in r.stderr.splitlines()
+            if ln.startswith("import time:")}
+
+
 def test_a_warm_call_never_imports_yaml(env, config, reference):
     # PyYAML's import is a quarter of the helper's run: only the first call
     # after a config change may pay it (keyhelper/compiled_config.py)
-    def imported(r):
-        return {ln.split("|")[-1].strip() for ln in r.stderr.splitlines()
-                if ln.startswith("import time:")}
     argv = ("foo", env["type"], env["key"])
     first = run_keys(env["entry"], config, *argv, pyflags=("-X", "importtime"))
     second = run_keys(env["entry"], config, *argv, pyflags=("-X", "importtime"))
     assert first.stdout and second.stdout == first.stdout
-    assert "yaml" in imported(first)
-    assert "yaml" not in imported(second)
-    assert not {"dataclasses", "typing", "http.client", "email"} & imported(second)
+    assert "yaml" in _imported(first)
+    assert "yaml" not in _imported(second)
+    assert not {"dataclasses", "typing", "email", "hashlib"} & _imported(second)
+
+
+def test_a_cache_hit_needs_neither_the_schema_nor_the_http_client(env, tmp_path, reference):
+    d = tmp_path / "cached"
+    d.mkdir()
+    cfg = write_config(d, reference.url)
+    argv = ("foo", env["type"], env["key"])
+    first = run_keys(env["entry"], cfg, *argv)
+    hit = run_keys(env["entry"], cfg, *argv, pyflags=("-X", "importtime"))
+    assert hit.stdout == first.stdout and hit.log["cache"] == "hit"
+    assert not {"keyhelper.config", "keyhelper.http11", "socket", "yaml"} & _imported(hit)

@@ -59,6 +59,7 @@ def test_another_config_file_is_not_served_the_copy(cfg, state, tmp_path):
 
 def test_a_new_schema_reparses(cfg, state, monkeypatch):
     compiled_config.load_auth(str(cfg), state)
+    # (a package upgrade replaces config.py: another inode and mtime)
     monkeypatch.setattr(compiled_config, "_schema_id", lambda: [0, 0, 0])
     assert compiled_config.load_auth(str(cfg), state)[1] is False
 
@@ -105,3 +106,8 @@ def test_a_corrupt_copy_is_ignored_and_replaced(cfg, state, garbage):
         f.write(garbage)
     assert compiled_config.load_auth(str(cfg), state) == (good, False)
     assert json.load(open(path))["auth"] == good
+
+
+def test_the_fast_path_knows_the_schemas_file_and_default():
+    assert compiled_config.SCHEMA_FILE == os.path.abspath(config.__file__)
+    assert compiled_config.CONFIG_PATH == config.DEFAULT_PATH
