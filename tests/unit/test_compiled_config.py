@@ -111,3 +111,12 @@ def test_a_corrupt_copy_is_ignored_and_replaced(cfg, state, garbage):
 def test_the_fast_path_knows_the_schemas_file_and_default():
     assert compiled_config.SCHEMA_FILE == os.path.abspath(config.__file__)
     assert compiled_config.CONFIG_PATH == config.DEFAULT_PATH
+
+
+def test_the_fast_sha256_is_sha256():
+    import hashlib
+
+    from keyhelper import digest
+    for data in (b"", b"abc", bytes(range(256)) * 100):
+        assert digest.sha256(data).hexdigest() == hashlib.sha256(data).hexdigest()
+        assert digest.sha256(data).digest() == hashlib.sha256(data).digest()
