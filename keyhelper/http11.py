@@ -11,9 +11,10 @@ Content-Length / chunked / read-to-close bodies, a cap on everything read.
 from __future__ import annotations
 
 import socket
-import threading
 import time
-from urllib.parse import urlsplit
+
+# No urllib.parse, and threading only for DNS: hatchway-keys imports this on
+# every cache miss, and those two (with ipaddress) cost it ~2.5 ms.
 
 MAX_HEAD = 16 * 1024
 
@@ -55,15 +56,63 @@ class Deadline:
         return left if cap is None else min(left, cap)
 
 
+class URL:
+    """The parts of `scheme://[user@]host[:port][/path]` this client uses, as
+    urllib.parse's urlsplit gives them (lower-case scheme and host name, IPv6
+    brackets stripped, the port an int or None)."""
+    __slots__ = ("scheme", "netloc", "hostname", "port", "path")
+
+    def __init__(self, url: str):
+        scheme, sep, rest = url.partition("://")
+        if not sep:
+            raise HTTPError(f"malformed URL {url!r}")
+        netloc, slash, path = rest.partition("/")
+        host = netloc.rpartition("@")[2]
+        port = ""
+        if host.startswith("["):
+            name, bracket, after = host[1:].partition("]")
+            if not bracket or (after and not after.startswith(":")):
+                raise HTTPError(f"malformed URL {url!r}")
+            port = after[1:]
+        else:
+            name, _, port = host.partition(":")
+        if port and not (port.isascii() and port.isdigit() and int(port) <= 65535):
+            raise HTTPError(f"bad port in URL {url!r}")
+        self.scheme = scheme.lower()
+        self.netloc = netloc
+        self.hostname = name.lower()
+        self.port = int(port) if port else None
+        self.path = slash + path
+
+
+def _literal(host: str, port: int) -> list | None:
+    """getaddrinfo's answer for an IP address, without asking it."""
+    for family, addr in ((socket.AF_INET, (host, port)), (socket.AF_INET6, (host, port, 0, 0))):
+        try:
+            socket.inet_pton(family, host)
+        except OSError:
+            continue
+        return [(family, socket.SOCK_STREAM, 0, "", addr)]
+    return None
+
+
 def resolve(host: str, port: int, timeout: float | None) -> list:
     """getaddrinfo with a timeout: the libc call itself cannot be interrupted, so it
     runs in a helper thread that is simply abandoned if it takes too long."""
+    literal = _literal(host, port)
+    if literal is not None:
+        return literal
+    import threading
     result: list = []
     error: list = []
+    try:
+        name: str | bytes = host.encode("ascii")   # spares the idna codec's import
+    except UnicodeEncodeError:
+        name = host
 
     def run():
         try:
-            result.extend(socket.getaddrinfo(host, port, type=socket.SOCK_STREAM))
+            result.extend(socket.getaddrinfo(name, port, type=socket.SOCK_STREAM))
         except OSError as e:
             error.append(e)
 
@@ -80,7 +129,7 @@ def resolve(host: str, port: int, timeout: float | None) -> list:
 def open_connection(url: str, deadline: Deadline, connect_timeout: float | None = None,
                     tls: dict | None = None) -> socket.socket:
     """Connect to http://, https://, unix:// or tcp:// (TLS if `tls` has files)."""
-    parts = urlsplit(url)
+    parts = URL(url)
     scheme = parts.scheme
     if scheme == "unix":
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -289,7 +338,7 @@ def request(url: str, method: str, path: str, body: bytes | None = None,
     deadline = deadline or Deadline(None)
     s = open_connection(url, deadline, request_timeout, tls)
     try:
-        host = urlsplit(url).netloc if not url.startswith("unix:") else "docker"
+        host = URL(url).netloc if not url.startswith("unix:") else "docker"
         send_request(s, method, host, path, headers, body, deadline)
         status, reason, hdrs, rest = read_head(s, deadline, request_timeout)
         data = b"" if method == "HEAD" or status in (204, 304) else \
