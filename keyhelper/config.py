@@ -185,6 +185,37 @@ DOCKER = S({
     "start_timeout": T("duration", 60.0),
 })
 
+def _pod_spec(value: dict) -> dict:
+    """A PodSpec as Kubernetes' JSON/YAML spells it (checked by the policy and by
+    the apiserver); only its shape is checked here."""
+    containers = value.get("containers", [])
+    if not isinstance(containers, list) or not all(isinstance(c, dict) for c in containers):
+        raise ValueError("containers: expected a list of container mappings")
+    return value
+
+
+# Where sessions run when `backend: kubernetes`; see hatchway.yaml(5).
+KUBERNETES = S({
+    # connection: a kubeconfig file, the pod's service account (in_cluster), or
+    # server + ca_file + token_file / cert_file + key_file
+    "kubeconfig": PATH(),
+    "context": T("str", None),
+    "in_cluster": T("bool", False),
+    "server": T("str", None, check=_url),
+    "ca_file": PATH(),
+    "token_file": PATH(),
+    "cert_file": PATH(),
+    "key_file": PATH(),
+    "namespace": T("str", "default"),
+    "image": T("str", None, doc="the session container's image; overrides the pod template's"),
+    "pod": T("map", {}, item=T("any"), check=_pod_spec, doc="PodSpec template"),
+    "container": T("str", None, doc="the container sessions run in; default the first"),
+    "idle_command": T("list", ["/bin/sh", "-c", "while :; do sleep 3600; done"],
+                      item=T("str"), check=_nonempty_argv),
+    "service_account_token": T("bool", False),
+    "start_timeout": T("duration", 60.0),
+})
+
 SESSION = S({
     "mode": T("str", "session", check=_mode),
     "shell": T("list", ["/bin/sh"], item=T("str"), check=_nonempty_argv),
@@ -201,6 +232,9 @@ SESSION = S({
 # daemon finds Docker.
 DOCKER_OVERRIDE = S({k: v for k, v in DOCKER.fields.items()
                      if k not in ("host", "ca_file", "cert_file", "key_file")})
+KUBERNETES_OVERRIDE = S({k: v for k, v in KUBERNETES.fields.items()
+                         if k in ("namespace", "image", "pod", "container", "idle_command",
+                                  "service_account_token", "start_timeout")})
 SESSION_OVERRIDE = S({k: v for k, v in SESSION.fields.items()
                       if k not in ("host_sftp_commands", "stop_grace")})
 
@@ -240,8 +274,10 @@ SCHEMA = S({
         "hello_timeout": T("duration", 10.0),
     }),
     "docker": DOCKER,
+    "kubernetes": KUBERNETES,
     "session": SESSION,
-    "groups": M(S({"docker": DOCKER_OVERRIDE, "session": SESSION_OVERRIDE})),
+    "groups": M(S({"docker": DOCKER_OVERRIDE, "kubernetes": KUBERNETES_OVERRIDE,
+                   "session": SESSION_OVERRIDE})),
     "policy": S({
         "webhook_may_set": T("list", ["docker.image", "docker.env", "docker.user",
                                       "docker.workdir", "docker.mounts", "docker.tmpfs",

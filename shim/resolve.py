@@ -69,7 +69,7 @@ def effective_config(base: dict, *, user: str, uid: int, remote_address: str,
 
     ctx = {"user": user, "uid": str(uid), "gid": str(pw.pw_gid),
            "group": groups[0] if groups else str(pw.pw_gid)}
-    for section in ("docker", "session"):
+    for section in ("docker", "kubernetes", "session"):
         cfg[section] = fill_templates(cfg[section], ctx)
 
     webhook_mounts = []
