@@ -101,7 +101,12 @@ def main(argv: list[str] | None = None) -> int:
     # Imported now, before any fork, so every session process shares them and
     # a package upgrade that swaps .py files cannot bite a session mid-way.
     from . import session, relay, backends  # noqa: F401
-    backends.make(cfg)
+    from .backends.base import BackendError
+    try:
+        backends.make(cfg)      # also loads the Kubernetes connection once, for every fork
+    except BackendError as e:
+        print(f"hatchwayd: {e}", file=sys.stderr)
+        return 2
 
     sock_path = cfg["daemon"]["socket"]
     server = listen(sock_path)

@@ -32,8 +32,25 @@ class ApiError(Exception):
         self.status = status
 
 
+_CONNECTION_KEYS = ("kubeconfig", "context", "in_cluster", "server", "ca_file", "token_file",
+                    "cert_file", "key_file")
+_cache: dict = {}
+
+
 def configuration(k: dict):
-    """A kubernetes.client.Configuration from the `kubernetes:` config section."""
+    """A kubernetes.client.Configuration from the `kubernetes:` config section.
+
+    Kept per connection settings: the daemon's main process loads it once and
+    every forked session process inherits it.  That matters beyond speed: the
+    client writes inline kubeconfig certificates to temporary files and removes
+    them only at interpreter exit, which session processes (os._exit) skip."""
+    key = tuple(k.get(n) for n in _CONNECTION_KEYS)
+    if key not in _cache or k.get("token_file"):
+        _cache[key] = _load(k)
+    return _cache[key]
+
+
+def _load(k: dict):
     from kubernetes import client, config as kconfig
     c = client.Configuration()
     try:
