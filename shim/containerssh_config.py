@@ -52,6 +52,9 @@ def translate(reply_config: dict) -> dict:
     if "docker" in top:
         done.add("docker")
         _docker(_lower(top["docker"], "docker"), out)
+    if "kubernetes" in top:
+        done.add("kubernetes")
+        _kubernetes(_lower(top["kubernetes"], "kubernetes"), out)
     _refuse_rest(top, done, "config")
     return out
 
@@ -64,6 +67,68 @@ def _docker(d: dict, out: dict) -> None:
     if "timeouts" in d:
         done.add("timeouts")        # ContainerSSH's own; Hatchway has its own bounds
     _refuse_rest(d, done, "docker")
+
+
+def _kubernetes(k: dict, out: dict) -> None:
+    """ContainerSSH's `kubernetes` section: `pod` is {metadata, spec,
+    consoleContainerNumber, mode, subsystems, shellCommand, ...}.  The PodSpec is
+    taken as is (Kubernetes' own field names, so not lower-cased); where the
+    daemon connects (`connection`) is never a webhook's to change."""
+    done = set()
+    if "timeouts" in k:
+        done.add("timeouts")
+        t = _lower(k["timeouts"], "kubernetes.timeouts")
+        if "podstart" in t:
+            out.setdefault("kubernetes", {})["start_timeout"] = t["podstart"]
+    if "pod" in k:
+        done.add("pod")
+        _pod(_lower(k["pod"], "kubernetes.pod"), out)
+    _refuse_rest(k, done, "kubernetes")
+
+
+def _pod(p: dict, out: dict) -> None:
+    where = "kubernetes.pod"
+    kube = out.setdefault("kubernetes", {})
+    session = out.setdefault("session", {})
+    done = {"disableagent", "agentpath", "idlecommand", "exposeauthmetadataasenv",
+            "exposeauthmetadataasannotations", "exposeauthmetadataaslabels"} & set(p)
+    if "spec" in p:
+        done.add("spec")
+        if not isinstance(p["spec"], dict):
+            raise Unsupported(f"{where}.spec: expected an object")
+        kube["pod"] = p["spec"]
+    if "metadata" in p:
+        done.add("metadata")
+        meta = _lower(p["metadata"], f"{where}.metadata")
+        if "namespace" in meta:
+            kube["namespace"] = meta["namespace"]
+        rest = sorted(set(meta) - {"namespace", "labels", "annotations", "generatename", "name"})
+        if rest:
+            raise Unsupported(f"{where}.metadata.{rest[0]}: not supported by Hatchway")
+    if "consolecontainernumber" in p:
+        done.add("consolecontainernumber")
+        n = p["consolecontainernumber"]
+        containers = (kube.get("pod") or {}).get("containers") or []
+        if not isinstance(n, int) or isinstance(n, bool) or not 0 <= n < max(len(containers), 1):
+            raise Unsupported(f"{where}.consoleContainerNumber: no container {n!r} in the spec")
+        if containers:
+            kube["container"] = containers[n].get("name")
+    if "mode" in p:
+        done.add("mode")
+        if p["mode"] not in ("session", "connection"):
+            raise Unsupported(f"{where}.mode: {p['mode']!r} is not supported")
+    if "shellcommand" in p:
+        done.add("shellcommand")
+        session["shell"] = p["shellcommand"]
+    if "subsystems" in p:
+        done.add("subsystems")
+        subs = _lower(p["subsystems"], f"{where}.subsystems")
+        if "sftp" in subs:
+            sftp = subs["sftp"]
+            session["subsystems"] = {"sftp": [sftp] if isinstance(sftp, str) else sftp}
+    _refuse_rest(p, done, where)
+    for key in [key for key, v in out.items() if v == {}]:
+        del out[key]
 
 
 def _execution(e: dict, out: dict) -> None:

@@ -74,3 +74,24 @@ def test_what_is_translated_is_valid_containerssh_config(answer):
     contract.check(answer, "AppConfig")
     assert contract.unknown_keys(answer, "AppConfig") == []
     assert translate(answer)
+
+
+def test_kubernetes_pod_shape():
+    from shim.containerssh_config import translate
+    spec = {"containers": [{"name": "side", "image": "x"}, {"name": "shell", "image": "y"}],
+            "nodeSelector": {"disk": "ssd"}}
+    out = translate({"backend": "kubernetes", "kubernetes": {
+        "pod": {"metadata": {"namespace": "ssh"}, "spec": spec, "consoleContainerNumber": 1,
+                "mode": "session", "subsystems": {"sftp": "/usr/lib/sftp-server"}},
+        "timeouts": {"podStart": "30s"}}})
+    assert out == {"backend": "kubernetes",
+                   "kubernetes": {"start_timeout": "30s", "pod": spec, "namespace": "ssh",
+                                  "container": "shell"},
+                   "session": {"subsystems": {"sftp": ["/usr/lib/sftp-server"]}}}
+
+
+def test_kubernetes_connection_is_not_the_webhooks_to_set():
+    import pytest
+    from shim.containerssh_config import Unsupported, translate
+    with pytest.raises(Unsupported, match="kubernetes.connection"):
+        translate({"kubernetes": {"connection": {"host": "evil:6443"}}})
