@@ -89,3 +89,32 @@ def test_reader_ends_without_status_when_the_connection_drops():
     assert r.next() is None and r.status is None
     r = ch.Frames(RecordedSocket([(ABNF.OPCODE_CLOSE, Frame(b""))]))
     assert r.next() is None
+
+
+def _process_reading(frames):
+    from shim.backends.kubernetes import KubernetesProcess
+    proc = KubernetesProcess.__new__(KubernetesProcess)
+    proc.tty, proc.pid, proc.pending, proc._gone = True, None, [], False
+
+    class Ws(RecordedSocket):
+        def settimeout(self, t):
+            pass
+    proc.ws = Ws([(ABNF.OPCODE_BINARY, Frame(f)) for f in frames])
+    proc.frames = ch.Frames(proc.ws)
+    proc._read_pid()
+    return proc
+
+
+@pytest.mark.parametrize("frames", [
+    [b"\x01hatchway-pid:42\r\nhello"],                       # pty: \r\n
+    [b"\x01hatch", b"\x01way-pid:4", b"\x012\nhello"],        # split across frames
+])
+def test_the_wrappers_pid_line_is_consumed_and_the_rest_is_output(frames):
+    proc = _process_reading(frames)
+    assert proc.pid == 42
+    assert proc.recv() == (1, b"hello")
+
+
+def test_output_that_is_not_the_pid_line_is_kept_whole():
+    proc = _process_reading([b"\x01sh: can't open\n"])
+    assert proc.pid is None and proc.recv() == (1, b"sh: can't open\n")
