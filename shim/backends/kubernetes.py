@@ -23,10 +23,13 @@ How a session runs, and why:
 5. stdin EOF: `v4.channel.k8s.io` (every server before 1.29/1.30) cannot
    half-close a stream; closing the websocket would lose the remaining output
    and the exit status.  So a non-pty command reads its stdin from a FIFO fed
-   by a second exec (`cat > fifo`) that carries only stdin: at EOF we close
-   that exec's websocket (sending a v5 close frame first when v5 was
-   negotiated), `cat` ends, the command sees EOF, and its output and exit
-   status still arrive on the first stream.  One code path for every server.
+   by a second exec that carries only stdin, in chunks framed as
+   "<length>\n<bytes>"; EOF is the chunk "0\n", after which the feeder ends,
+   the FIFO closes and the command sees EOF, while its output and exit status
+   still arrive on the first stream.  In-band, because closing even the
+   feeder's websocket is no ordered EOF: stdin still in flight in the
+   kubelet/runtime is dropped.  v5's close frame would do the same for servers
+   >= 1.30; the in-band EOF is one path that is correct on every server.
 6. Exit status from the channel-3 status frame (k8s_channel.parse_status):
    a command killed by signal N reports 128+N.
 7. At the end the pod is deleted with gracePeriodSeconds=0 and waited for;
@@ -52,10 +55,22 @@ RUN_DIR = "/.hatchway"          # an emptyDir in the session container, for the 
 PID_LINE = re.compile(rb"hatchway-pid:(\d+)\r?\n")
 # The command's wrapper: print our pid, then become the command.  Non-pty:
 # make the FIFO first and read stdin from it.
-WRAP_PTY = 'echo "hatchway-pid:$$"; exec "$@"'
+# pty: set the terminal's size first; a resize message can reach the runtime
+# only after the process has started, and the command may ask before that.
+WRAP_PTY = ('stty rows "$1" cols "$2" 2>/dev/null; shift 2; echo "hatchway-pid:$$"; '
+            'exec "$@"')
 WRAP_PIPE = ('f="$1"; shift; mkfifo -m 600 "$f" || exit 125; echo "hatchway-pid:$$"; '
              'exec "$@" < "$f"')
-FEED = 'exec 3>"$1" && rm -f "$1" && exec cat >&3'
+# The stdin feeder: chunks framed as "<length>\n<bytes>", "0\n" is EOF.  EOF is
+# in-band because closing the exec's websocket is not an ordered EOF: the
+# kubelet/runtime drop stdin still in flight when the connection closes (a
+# 100 kB write followed by a close arrived as 32 KiB on the 1.20 cluster).
+# `dd iflag=count_bytes,fullblock` reads exactly N bytes with read(2), in
+# busybox and coreutils alike (busybox `head -c` reads ahead through stdio and
+# would swallow the next length line).
+FEED = ('exec 3>"$1" && rm -f "$1" || exit 125; '
+        'while IFS= read -r n && [ "$n" -gt 0 ]; do '
+        'dd bs=65536 count="$n" iflag=count_bytes,fullblock 2>/dev/null >&3 || exit 1; done')
 IMAGE_ERRORS = {"ErrImagePull", "ImagePullBackOff", "ErrImageNeverPull", "InvalidImageName",
                 "CreateContainerConfigError", "CreateContainerError", "RunContainerError",
                 "CrashLoopBackOff"}
@@ -237,7 +252,9 @@ class KubernetesProcess(Process):
     def start(self, argv: list[str]) -> None:
         from websocket import ABNF
         if self.tty:
-            self.ws = self._exec(["/bin/sh", "-c", WRAP_PTY, "hatchway", *argv],
+            rows, cols = self.size or (24, 80)
+            self.ws = self._exec(["/bin/sh", "-c", WRAP_PTY, "hatchway", str(rows), str(cols),
+                                  *argv],
                                  stdin=True, stdout=True, stderr=False, tty=True)
             if self.size:
                 self.ws.send(ch.resize_frame(*self.size), opcode=ABNF.OPCODE_BINARY)
@@ -292,24 +309,21 @@ class KubernetesProcess(Process):
         sock = self.ws if self.tty else self.feed
         if sock is None:
             raise OSError("no stdin")
+        if not self.tty:
+            data = b"%d\n%s" % (len(data), data)
         try:
             sock.send(ch.stdin_frame(data), opcode=ABNF.OPCODE_BINARY)
         except (WebSocketException, AttributeError) as e:
             raise OSError(str(e)) from None
 
     def close_stdin(self) -> None:
+        """In-band EOF for the feeder (see FEED); its websocket stays open until
+        the session ends, so nothing in flight is dropped."""
         from websocket import ABNF
-        feed, self.feed = self.feed, None
-        if feed is None:
+        if self.tty or self.feed is None:
             return
         try:
-            if feed.subprotocol == ch.V5:
-                feed.send(ch.close_frame(ch.STDIN), opcode=ABNF.OPCODE_BINARY)
-            feed.close(timeout=2)
-        except Exception:
-            pass
-        try:
-            feed.shutdown()
+            self.feed.send(ch.stdin_frame(b"0\n"), opcode=ABNF.OPCODE_BINARY)
         except Exception:
             pass
 
