@@ -13,6 +13,7 @@ be able to schedule a pod and reach this host for the HUP check).
 """
 
 import base64
+import hashlib
 import json
 import os
 import shutil
@@ -340,3 +341,30 @@ def test_explicit_server_ca_and_token(stack, cluster):
     p = stack.ssh("alice", "echo via-token")
     assert (p.returncode, p.stdout) == (0, b"via-token\n"), p.stderr
     wait_for(lambda: not pods(cluster), 30, 0.2, what="session pods to be deleted")
+
+
+def test_200_mb_out_is_byte_identical(kw):
+    p = subprocess.Popen(kw.ssh_argv("alice", "head -c 209715200 /dev/urandom > /tmp/d; "
+                                              "sha256sum /tmp/d >&2; cat /tmp/d"),
+                         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    digest, size = hashlib.sha256(), 0
+    while chunk := p.stdout.read(1 << 20):
+        digest.update(chunk)
+        size += len(chunk)
+    err = p.stderr.read()
+    assert p.wait(180) == 0, err
+    assert size == 200 << 20
+    assert err.split()[0].decode() == digest.hexdigest()
+
+
+def test_200_mb_in_is_byte_identical(kw, tmp_path):
+    src = tmp_path / "in"
+    with open(src, "wb") as f:
+        for _ in range(200):
+            f.write(os.urandom(1 << 20))
+    want = hashlib.sha256(src.read_bytes()).hexdigest()
+    with open(src, "rb") as f:
+        p = subprocess.run(kw.ssh_argv("alice", "sha256sum; echo done"), stdin=f,
+                           capture_output=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.split()[0].decode() == want and p.stdout.endswith(b"done\n")
