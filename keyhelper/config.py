@@ -232,8 +232,9 @@ SESSION = S({
 # daemon finds Docker.
 DOCKER_OVERRIDE = S({k: v for k, v in DOCKER.fields.items()
                      if k not in ("host", "ca_file", "cert_file", "key_file")})
+# The namespace stays the daemon's: the reaper looks for orphans there.
 KUBERNETES_OVERRIDE = S({k: v for k, v in KUBERNETES.fields.items()
-                         if k in ("namespace", "image", "pod", "container", "idle_command",
+                         if k in ("image", "pod", "container", "idle_command",
                                   "service_account_token", "start_timeout")})
 SESSION_OVERRIDE = S({k: v for k, v in SESSION.fields.items()
                       if k not in ("host_sftp_commands", "stop_grace")})

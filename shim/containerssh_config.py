@@ -100,9 +100,9 @@ def _pod(p: dict, out: dict) -> None:
     if "metadata" in p:
         done.add("metadata")
         meta = _lower(p["metadata"], f"{where}.metadata")
-        if "namespace" in meta:
-            kube["namespace"] = meta["namespace"]
-        rest = sorted(set(meta) - {"namespace", "labels", "annotations", "generatename", "name"})
+        # labels/annotations/names are Hatchway's own; the namespace is the
+        # daemon's (its reaper looks for orphans there), so it is refused
+        rest = sorted(set(meta) - {"labels", "annotations", "generatename", "name"})
         if rest:
             raise Unsupported(f"{where}.metadata.{rest[0]}: not supported by Hatchway")
     if "consolecontainernumber" in p:

@@ -81,12 +81,11 @@ def test_kubernetes_pod_shape():
     spec = {"containers": [{"name": "side", "image": "x"}, {"name": "shell", "image": "y"}],
             "nodeSelector": {"disk": "ssd"}}
     out = translate({"backend": "kubernetes", "kubernetes": {
-        "pod": {"metadata": {"namespace": "ssh"}, "spec": spec, "consoleContainerNumber": 1,
+        "pod": {"metadata": {"name": "x"}, "spec": spec, "consoleContainerNumber": 1,
                 "mode": "session", "subsystems": {"sftp": "/usr/lib/sftp-server"}},
         "timeouts": {"podStart": "30s"}}})
     assert out == {"backend": "kubernetes",
-                   "kubernetes": {"start_timeout": "30s", "pod": spec, "namespace": "ssh",
-                                  "container": "shell"},
+                   "kubernetes": {"start_timeout": "30s", "pod": spec, "container": "shell"},
                    "session": {"subsystems": {"sftp": ["/usr/lib/sftp-server"]}}}
 
 
@@ -95,3 +94,5 @@ def test_kubernetes_connection_is_not_the_webhooks_to_set():
     from shim.containerssh_config import Unsupported, translate
     with pytest.raises(Unsupported, match="kubernetes.connection"):
         translate({"kubernetes": {"connection": {"host": "evil:6443"}}})
+    with pytest.raises(Unsupported, match="kubernetes.pod.metadata.namespace"):
+        translate({"kubernetes": {"pod": {"metadata": {"namespace": "elsewhere"}}}})
