@@ -6,7 +6,7 @@ Follows apimachinery wsstream and KEP-4006: the client offers subprotocols,
 the server picks the first it supports in the client's order or refuses the
 upgrade (403, what a 1.20 apiserver answers a v5-only client); every server
 frame is binary with a one-byte channel; the server opens with an empty frame
-per output channel; 0 stdin, 1 stdout, 2 stderr, 3 a metav1.Status at the end,
+on stdout; 0 stdin, 1 stdout, 2 stderr, 3 a metav1.Status at the end,
 v5: [255, 0] closes stdin.  The command runs as a real subprocess; exit by
 signal N is reported as 128+N, as container runtimes do.  Every blocking call
 has a timeout, so a broken test fails instead of hanging.
@@ -139,8 +139,7 @@ class FakeExecServer:
             with send_lock:
                 conn.sendall(frame(data))
 
-        send(b"\x01")
-        send(b"\x02")
+        send(b"\x01")      # the 1.20 kubelet opens with one empty stdout frame (transcript)
 
         def pump(src, ch):
             while chunk := src.read1(65536):

@@ -4,6 +4,9 @@ k8s_channel.py) against a FAKE spec-faithful exec endpoint
 1.20 test cluster cannot show.  The real cluster covers v4 end to end
 (tests/e2e/test_kubernetes.py)."""
 
+import json
+from pathlib import Path
+
 import pytest
 from websocket import ABNF
 
@@ -66,3 +69,38 @@ def test_a_server_without_v4_or_v5_is_refused_with_its_status(server):
 def test_death_by_signal_arrives_as_128_plus_n(server):
     ws = exec_(server, ["sh", "-c", "kill -TERM $$"], stdin=False)
     assert drain(ws)[1].code == 143
+
+
+TRANSCRIPT = json.loads((Path(__file__).parents[1] / "data/k8s-exec-v1.20.json").read_text())
+
+
+@pytest.mark.parametrize("case, code", [("exit3", 3), ("success", 0), ("signal", 137),
+                                        ("notfound", 127)])
+def test_the_real_clusters_status_frames_parse(case, code):
+    status = [f for f in TRANSCRIPT["exec"][case]["frames"] if f.get("channel") == 3]
+    assert ch.parse_status(status[0]["payload"].encode()).code == code
+
+
+@pytest.mark.parametrize("server", [(("v4.channel.k8s.io",),)], indirect=True)
+@pytest.mark.parametrize("case", ["exit3", "success", "signal"])
+def test_the_fake_sends_what_the_real_cluster_sends(server, case):
+    """Same subprotocol, same channel sequence, same status, same close."""
+    real = TRANSCRIPT["exec"][case]
+    ws = exec_(server, real["argv"], stdin=False)
+    got = []
+    while True:
+        op, f = ws.recv_data_frame(True)
+        if op == ABNF.OPCODE_CLOSE:
+            got.append({"close": True})
+            break
+        got.append({"channel": f.data[0], "payload": f.data[1:].decode()})
+    ws.close()
+    assert ws.subprotocol == real["subprotocol"]
+
+    def shape(frames):
+        items = [("close",) if f.get("close") else
+                 (f["channel"], ch.parse_status(f["payload"].encode()).code if f["channel"] == 3
+                  else f["payload"]) for f in frames]
+        # stdout and stderr are separate pipes: their relative order is not defined
+        return items[0], sorted(items[1:-2]), items[-2:]
+    assert shape(got) == shape(real["frames"])
