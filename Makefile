@@ -1,7 +1,8 @@
 # Hatchway — build, demo and test on Debian 12 (as root).
 #   make demo   build and install the .deb, start everything, log in over SSH
 #   make test   build the .deb, run the packaging tests, install it, run the unit
-#               and end-to-end tests
+#               and end-to-end tests, then the Kubernetes backend against a real
+#               cluster (make k8s-test)
 #   make deb    just the package: dist/hatchway_<version>_all.deb
 #   make package-test   the .deb in clean Debian 12/13 roots and under systemd
 
@@ -15,7 +16,7 @@ LOCK    := flock /run/lock/hatchway-e2e.lock
 # this host, so without the lock.
 PACKAGE_TEST := $(PYTHON) -m pytest -q -rfE tests/package $(PACKAGE_TEST_ARGS)
 
-.PHONY: deps deb install demo test unit e2e package-test bench clean
+.PHONY: deps deb install demo test unit e2e k8s-test package-test bench clean
 
 deps:
 	tests/setup/deps
@@ -38,12 +39,18 @@ E2E ?= tests/e2e
 e2e:
 	$(PYTHON) -m pytest -q -rfE $(E2E) $(PYTEST_ARGS)
 
+# The Kubernetes backend against a real cluster built from Debian's packages
+# (tests/setup/k8s-cluster; ~12 min the first time on a machine, cached after).
+k8s-test:
+	$(PYTHON) -m pytest -q -rfE tests/k8s $(PYTEST_ARGS)
+
 package-test: deb
 	$(PACKAGE_TEST)
 
 test: deb
 	$(PACKAGE_TEST)
 	$(LOCK) $(MAKE) --no-print-directory install unit e2e
+	$(MAKE) --no-print-directory k8s-test
 
 # Benchmarks print ratios against floors measured in the same run; see tests/bench/run.py.
 bench: deb
