@@ -18,7 +18,8 @@ How a session runs, and why:
    (the command then replaces the shell, keeping that pid).  We strip that
    line and use the pid for signals: Kubernetes has no signal API, so HUP and
    TERM are a second exec of `kill -s SIG <pid>` inside the container.
-   (The image therefore needs /bin/sh with `kill` and `mkfifo`, which every
+   (The image therefore needs /bin/sh with `kill`, `mkfifo`, `dd` and `stty`,
+   which every
    distribution and busybox image has.)
 5. stdin EOF: `v4.channel.k8s.io` (every server before 1.29/1.30) cannot
    half-close a stream; closing the websocket would lose the remaining output
