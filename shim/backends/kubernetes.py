@@ -19,8 +19,7 @@ How a session runs, and why:
    line and use the pid for signals: Kubernetes has no signal API, so HUP and
    TERM are a second exec of `kill -s SIG <pid>` inside the container.
    (The image therefore needs /bin/sh with `kill`, `mkfifo`, `dd` and `stty`,
-   which every
-   distribution and busybox image has.)
+   which every distribution and busybox image has.)
 5. stdin EOF: `v4.channel.k8s.io` (every server before 1.29/1.30) cannot
    half-close a stream; closing the websocket would lose the remaining output
    and the exit status.  So a non-pty command reads its stdin from a FIFO fed
