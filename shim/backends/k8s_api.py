@@ -120,9 +120,20 @@ class Api:
             sslopt["keyfile"] = self.conf.key_file
         if not self.conf.verify_ssl:
             sslopt["check_hostname"] = False
+        # The same proxy as the client's REST calls: the configured one, never
+        # one from the environment (websocket-client would read http_proxy;
+        # the REST client does not, and Debian's package builds set it to a
+        # dead port on purpose).
+        # (websocket-client 1.2 honours http_no_proxy only next to a proxy host)
+        proxy = {"http_proxy_host": "no-proxy.invalid", "http_no_proxy": ["*"]}
+        if self.conf.proxy:
+            from urllib.parse import urlparse
+            u = urlparse(self.conf.proxy)
+            proxy = {"http_proxy_host": u.hostname, "http_proxy_port": u.port}
         ws = websocket.WebSocket(sslopt=sslopt, skip_utf8_validation=True)
         try:
-            ws.connect(url, header=header, subprotocols=list(PROTOCOLS), timeout=timeout)
+            ws.connect(url, header=header, subprotocols=list(PROTOCOLS), timeout=timeout,
+                       **proxy)
         except websocket.WebSocketBadStatusException as e:
             raise ApiError(getattr(e, "status_code", 0) or 0, str(e)) from None
         except (websocket.WebSocketException, OSError) as e:

@@ -49,16 +49,21 @@ def cluster():
     if EXTERNAL:
         yield {"kubeconfig": EXTERNAL, "external": True}
         return
+    import fcntl
+    lock = open("/run/lock/hatchway-k8s-cluster.lock", "w")    # shared with tests/k8s
+    fcntl.flock(lock, fcntl.LOCK_EX)
     t0 = time.monotonic()
     p = subprocess.run([str(CLUSTER), "up"], capture_output=True, text=True, timeout=3600)
     if p.returncode != 0:
         subprocess.run([str(CLUSTER), "down"], capture_output=True, timeout=300)
+        lock.close()
         pytest.fail(f"cannot start the test cluster:\n{p.stderr[-4000:]}")
     print(f"\ncluster up in {time.monotonic() - t0:.1f}s")
     try:
         yield {"kubeconfig": str(STATE / "admin.kubeconfig"), "external": False}
     finally:
         d = subprocess.run([str(CLUSTER), "down"], capture_output=True, text=True, timeout=300)
+        lock.close()
         assert d.returncode == 0, d.stderr
 
 
