@@ -11,7 +11,8 @@ DEB     := dist/hatchway_$(VERSION)_all.deb
 PYTHON  := /usr/bin/python3
 # One end-to-end stack per machine (fixed ports, the installed package, one
 # /etc/hatchway): `make test` holds this lock from install to the last test.
-LOCK    := flock /run/lock/hatchway-e2e.lock
+# -o: daemons a command leaves running (e.g. `make demo`'s) must not inherit it.
+LOCK    := flock -o /run/lock/hatchway-e2e.lock
 # The .deb in throwaway roots (cached in /var/cache/hatchway-test), never on
 # this host, so without the lock.
 PACKAGE_TEST := $(PYTHON) -m pytest -q -rfE tests/package $(PACKAGE_TEST_ARGS)
