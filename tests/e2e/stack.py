@@ -50,6 +50,21 @@ def wait_for(predicate, timeout: float, interval: float = 0.05, what: str = "con
         time.sleep(interval)
 
 
+def memory_kb(pid: int) -> dict[str, int] | None:
+    """Rss and Pss of a process (kB), from the kernel's own accounting; None
+    once it has exited."""
+    out = {}
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                name, _, rest = line.partition(":")
+                if name in ("Rss", "Pss"):
+                    out[name] = int(rest.split()[0])
+    except (ProcessLookupError, FileNotFoundError):
+        return None
+    return out
+
+
 class Stack:
     def __init__(self, tmp: Path):
         self.tmp = tmp

@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from ..stack import memory_kb
 from .clients import (FILES_CONFIG, HOST, SSHD_PORT, git, random_file, remote, run, scp, sftp,
                       sha256, ssh_command)
 
@@ -96,21 +97,6 @@ def test_pscp_100mb_scp_both_directions_and_sftp_download(hw, data, putty, tmp_p
     # how many are outstanding; why the relay path tips sftp-server into
     # falling behind is an open question (see the report for issue 5).
     # test_other_clients uploads 10 MB that way.
-
-
-def memory_kb(pid: int) -> dict[str, int] | None:
-    """Rss and Pss of a process (kB), from the kernel's own accounting; None
-    once it has exited."""
-    out = {}
-    try:
-        with open(f"/proc/{pid}/smaps_rollup") as f:
-            for line in f:
-                name, _, rest = line.partition(":")
-                if name in ("Rss", "Pss"):
-                    out[name] = int(rest.split()[0])
-    except (ProcessLookupError, FileNotFoundError):
-        return None
-    return out
 
 
 def test_a_slow_reader_keeps_the_session_process_small(hw, data, key):
