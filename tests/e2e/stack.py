@@ -8,6 +8,7 @@ work tree.  Ports and paths are fixed, so only one stack runs per machine.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pwd
@@ -63,6 +64,43 @@ def memory_kb(pid: int) -> dict[str, int] | None:
     except (ProcessLookupError, FileNotFoundError):
         return None
     return out
+
+
+class SlowRead:
+    """Read `stream` to its end at `rate` bytes/s while sampling the memory of
+    session process `pid` once per MiB: what a slow client does to the relay."""
+
+    def __init__(self, stream, pid: int, rate: int):
+        mb = 1 << 20
+        digest = hashlib.sha256()
+        self.got, self.watched, self.baseline = 0, 0, None
+        self.peak = {"Rss": 0, "Pss": 0}
+        started, next_sample = None, 0
+        while chunk := stream.read(64 * 1024):
+            started = started or time.monotonic()
+            digest.update(chunk)
+            self.got += len(chunk)
+            if self.got >= next_sample and (mem := memory_kb(pid)) is not None:
+                # (the session ends once the last bytes are in sshd's hands,
+                # a little before this reader has them)
+                self.watched = self.got
+                if self.baseline is None and self.got >= 4 * mb:
+                    self.baseline = mem         # threads and buffers are up by now
+                self.peak = {k: max(self.peak[k], mem[k]) for k in self.peak}
+                next_sample = self.got + mb
+            ahead = self.got / rate - (time.monotonic() - started)
+            if ahead > 0:
+                time.sleep(ahead)
+        self.sha256 = digest.hexdigest()
+
+    def assert_flat(self, watched_mb: int = 100, growth_mb: int = 32) -> None:
+        """Watched while at least `watched_mb` passed, grown by less than `growth_mb`."""
+        mb = 1 << 20
+        assert self.baseline is not None and self.watched - 4 * mb >= watched_mb * mb, \
+            self.watched
+        growth = {k: (self.peak[k] - self.baseline[k]) // 1024 for k in self.peak}
+        print(f"session process memory (kB): baseline {self.baseline}, peak {self.peak}")
+        assert growth["Rss"] < growth_mb and growth["Pss"] < growth_mb, (self.baseline, self.peak)
 
 
 class Stack:

@@ -27,7 +27,7 @@ from pathlib import Path
 import pexpect
 import pytest
 
-from .stack import ROOT, memory_kb, run, wait_for
+from .stack import ROOT, SlowRead, run, wait_for
 
 PROMPT = r"[#$] "
 CLUSTER = ROOT / "tests/setup/k8s-cluster"
@@ -379,7 +379,7 @@ def test_200_mb_in_is_byte_identical(kw, tmp_path):
 def test_a_slow_reader_keeps_the_session_process_small(kw, cluster):
     # A reader far slower than the websocket relay: everything behind it must
     # wait in the kernel's buffers, not pile up in the session process.
-    mb, size, rate = 1 << 20, 200 << 20, 16 << 20
+    size, rate = 200 << 20, 16 << 20
     p = subprocess.Popen(kw.ssh_argv("alice", f"head -c {size} /dev/urandom > /tmp/d; "
                                               "sha256sum /tmp/d >&2; cat /tmp/d"),
                          stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -388,32 +388,13 @@ def test_a_slow_reader_keeps_the_session_process_small(kw, cluster):
         pod = wait_for(lambda: (lambda ps: ps[0] if len(ps) == 1 else None)(
             pods(cluster, user="alice")), 30, 0.2, what="the session pod")
         pid = int(pod["metadata"]["annotations"]["io.hatchway.process"].split(":")[1])
-        digest, got, watched, baseline = hashlib.sha256(), 0, 0, None
-        peak = {"Rss": 0, "Pss": 0}
-        started, next_sample = None, 0
-        while chunk := p.stdout.read(64 * 1024):
-            started = started or time.monotonic()
-            digest.update(chunk)
-            got += len(chunk)
-            if got >= next_sample and (mem := memory_kb(pid)) is not None:
-                watched = got
-                if baseline is None and got >= 4 * mb:
-                    baseline = mem          # threads and buffers are up by now
-                peak = {k: max(peak[k], mem[k]) for k in peak}
-                next_sample = got + mb
-            ahead = got / rate - (time.monotonic() - started)
-            if ahead > 0:
-                time.sleep(ahead)
+        read = SlowRead(p.stdout, pid, rate)
         err = p.stderr.read()
         assert p.wait(60) == 0, err
     finally:
         if p.poll() is None:
             p.kill()
             p.wait()
-    assert got == size
-    assert err.split()[0].decode() == digest.hexdigest()
-    # watched while at least 100 MB passed through it, and grew by less than 32 MB
-    assert baseline is not None and watched - 4 * mb >= 100 * mb, watched
-    growth = {k: (peak[k] - baseline[k]) // 1024 for k in peak}
-    print(f"session process memory (kB): baseline {baseline}, peak {peak}")
-    assert growth["Rss"] < 32 and growth["Pss"] < 32, (baseline, peak)
+    assert read.got == size
+    assert err.split()[0].decode() == read.sha256
+    read.assert_flat()

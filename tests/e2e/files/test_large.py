@@ -2,14 +2,12 @@
 the failure that sank ContainerSSH's Java predecessor was a session holding a
 whole download in memory while its client read slowly."""
 
-import hashlib
 import os
 import subprocess
-import time
 
 import pytest
 
-from ..stack import memory_kb
+from ..stack import SlowRead
 from .clients import (FILES_CONFIG, HOST, SSHD_PORT, git, random_file, remote, run, scp, sftp,
                       sha256, ssh_command)
 
@@ -107,35 +105,12 @@ def test_a_slow_reader_keeps_the_session_process_small(hw, data, key):
     p = subprocess.Popen(hw.ssh_argv("alice", "cat /data/big"), stdin=subprocess.DEVNULL,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0)
     try:
-        pid = hw.session_pid(hw.one_container(user="alice"))
-        h = hashlib.sha256()
-        got, baseline, peak, watched = 0, None, {"Rss": 0, "Pss": 0}, 0
-        started = time.monotonic()
-        next_sample = 0
-        while chunk := p.stdout.read(64 * 1024):
-            h.update(chunk)
-            got += len(chunk)
-            if got >= next_sample and (mem := memory_kb(pid)) is not None:
-                # (the session ends once the last bytes are in sshd's hands,
-                # a little before this reader has them)
-                watched = got
-                if baseline is None and got >= 4 * MB:
-                    baseline = mem          # threads and buffers are up by now
-                peak = {k: max(peak[k], mem[k]) for k in peak}
-                next_sample = got + MB
-            ahead = got / rate - (time.monotonic() - started)
-            if ahead > 0:
-                time.sleep(ahead)
+        read = SlowRead(p.stdout, hw.session_pid(hw.one_container(user="alice")), rate)
         assert p.wait(60) == 0, p.stderr.read()
     finally:
         if p.poll() is None:
             p.kill()
             p.wait()
-    assert got == size
-    assert h.hexdigest() == digest
-    # the session process was watched while at least 100 MB passed through it,
-    # and grew by less than 32 MB
-    assert baseline is not None and watched - 4 * MB >= 100 * MB, watched
-    growth = {k: (peak[k] - baseline[k]) // 1024 for k in peak}
-    print(f"session process memory (kB): baseline {baseline}, peak {peak}")
-    assert growth["Rss"] < 32 and growth["Pss"] < 32, (baseline, peak)
+    assert read.got == size
+    assert read.sha256 == digest
+    read.assert_flat()
