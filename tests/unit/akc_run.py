@@ -47,6 +47,14 @@ def fingerprint(directory: Path, kind: str = "ed25519") -> str:
     return out.split()[1]
 
 
+
+def helper_env(directory: Path) -> dict:
+    """A key pair and the packaged entry point in `directory`: what every test
+    of the helper needs (dir, entry, type, key, fp)."""
+    kt, b64 = keygen(directory)
+    return {"dir": directory, "entry": entry_point(directory), "type": kt, "key": b64,
+            "fp": fingerprint(directory)}
+
 def write_config(directory: Path, url: str, webhook: dict | None = None,
                  cache: dict | None = None) -> Path:
     cache_dir = directory / "cache"

@@ -13,14 +13,12 @@ from keyhelper import connection
 from tests import contract
 from tests.e2e.webhook_servers import ContainerSSHServer
 
-from .akc_run import assert_denied, entry_point, fingerprint, keygen, run_keys, write_config
+from .akc_run import assert_denied, helper_env, run_keys, write_config
 
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    d = tmp_path_factory.mktemp("akc")
-    kt, b64 = keygen(d)
-    return {"dir": d, "entry": entry_point(d), "type": kt, "key": b64, "fp": fingerprint(d)}
+    return helper_env(tmp_path_factory.mktemp("akc"))
 
 
 @pytest.fixture

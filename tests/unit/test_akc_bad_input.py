@@ -15,16 +15,14 @@ import pytest
 
 from tests.e2e.webhook_servers import ContainerSSHServer, RawServer, closed_port, http_response
 
-from .akc_run import ROOT, assert_denied, entry_point, keygen, run_keys, write_config
+from .akc_run import ROOT, assert_denied, entry_point, helper_env, run_keys, write_config
 
 TIMEOUT = 1.0     # the helper's total deadline in the slow cases below
 
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    d = tmp_path_factory.mktemp("akc-bad")
-    kt, b64 = keygen(d)
-    return {"dir": d, "entry": entry_point(d), "type": kt, "key": b64}
+    return helper_env(tmp_path_factory.mktemp("akc-bad"))
 
 
 @pytest.fixture

@@ -12,14 +12,12 @@ import pytest
 
 from tests.e2e.webhook_servers import ContainerSSHServer
 
-from .akc_run import assert_denied, entry_point, keygen, run_keys, write_config
+from .akc_run import assert_denied, helper_env, keygen, run_keys, write_config
 
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    d = tmp_path_factory.mktemp("akc-cache")
-    kt, b64 = keygen(d)
-    return {"dir": d, "entry": entry_point(d), "type": kt, "key": b64}
+    return helper_env(tmp_path_factory.mktemp("akc-cache"))
 
 
 @pytest.fixture

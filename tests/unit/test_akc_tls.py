@@ -10,7 +10,7 @@ import pytest
 
 from tests.e2e.webhook_servers import ContainerSSHServer
 
-from .akc_run import assert_denied, entry_point, keygen, run_keys, write_config
+from .akc_run import assert_denied, helper_env, run_keys, write_config
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl")
 
@@ -49,9 +49,7 @@ def pki(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    d = tmp_path_factory.mktemp("akc-tls")
-    kt, b64 = keygen(d)
-    return {"entry": entry_point(d), "type": kt, "key": b64}
+    return helper_env(tmp_path_factory.mktemp("akc-tls"))
 
 
 def server_context(pki, cert="server"):
