@@ -66,6 +66,22 @@ def memory_kb(pid: int) -> dict[str, int] | None:
     return out
 
 
+
+def assert_200_mb_out(stack, timeout: float) -> None:
+    """The container makes 200 MB of random data, keeps its hash on stderr and
+    streams it out: the client must get every byte (any backend)."""
+    p = subprocess.Popen(stack.ssh_argv("alice", "head -c 209715200 /dev/urandom > /tmp/d; "
+                                                 "sha256sum /tmp/d >&2; cat /tmp/d"),
+                         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    digest, size = hashlib.sha256(), 0
+    while chunk := p.stdout.read(1 << 20):
+        digest.update(chunk)
+        size += len(chunk)
+    err = p.stderr.read()
+    assert p.wait(timeout) == 0, err
+    assert size == 200 << 20
+    assert err.split()[0].decode() == digest.hexdigest()
+
 class SlowRead:
     """Read `stream` to its end at `rate` bytes/s while sampling the memory of
     session process `pid` once per MiB: what a slow client does to the relay."""

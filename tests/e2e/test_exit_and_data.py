@@ -10,7 +10,7 @@ import time
 import pexpect
 import pytest
 
-from .stack import run
+from .stack import assert_200_mb_out, run
 
 MB = 1 << 20
 
@@ -90,18 +90,7 @@ def test_term_comes_from_the_pty(hw):
 
 
 def test_200_mb_out_is_byte_identical(hw):
-    # the container makes random data, keeps its hash on stderr, streams it out
-    p = subprocess.Popen(hw.ssh_argv("alice", "head -c 209715200 /dev/urandom > /tmp/d; "
-                                              "sha256sum /tmp/d >&2; cat /tmp/d"),
-                         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    digest, size = hashlib.sha256(), 0
-    while chunk := p.stdout.read(1 << 20):
-        digest.update(chunk)
-        size += len(chunk)
-    err = p.stderr.read()
-    assert p.wait(120) == 0, err
-    assert size == 200 * MB
-    assert err.split()[0].decode() == digest.hexdigest()
+    assert_200_mb_out(hw, timeout=120)
 
 
 def test_200_mb_in_is_byte_identical(hw, tmp_path):

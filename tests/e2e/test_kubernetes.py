@@ -27,7 +27,7 @@ from pathlib import Path
 import pexpect
 import pytest
 
-from .stack import ROOT, SlowRead, run, wait_for
+from .stack import ROOT, SlowRead, assert_200_mb_out, run, wait_for
 
 PROMPT = r"[#$] "
 CLUSTER = ROOT / "tests/setup/k8s-cluster"
@@ -350,17 +350,7 @@ def test_explicit_server_ca_and_token(stack, cluster):
 
 
 def test_200_mb_out_is_byte_identical(kw):
-    p = subprocess.Popen(kw.ssh_argv("alice", "head -c 209715200 /dev/urandom > /tmp/d; "
-                                              "sha256sum /tmp/d >&2; cat /tmp/d"),
-                         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    digest, size = hashlib.sha256(), 0
-    while chunk := p.stdout.read(1 << 20):
-        digest.update(chunk)
-        size += len(chunk)
-    err = p.stderr.read()
-    assert p.wait(180) == 0, err
-    assert size == 200 << 20
-    assert err.split()[0].decode() == digest.hexdigest()
+    assert_200_mb_out(kw, timeout=180)
 
 
 def test_200_mb_in_is_byte_identical(kw, tmp_path):
