@@ -1,7 +1,7 @@
 """A real single-node Kubernetes cluster (tests/setup/k8s-cluster) for the
 backend's integration tests: started once per test session, torn down after.
 
-These tests drive shim/backends/kubernetes.py from the work tree directly (no
+These tests drive hatchway/backends/kubernetes/backend.py from the work tree directly (no
 .deb, no sshd, no fixed ports of the e2e stack), so they do not take the e2e
 lock; the cluster has a lock of its own, so two runs never share or tear down
 each other's cluster.  Needs root.

@@ -14,11 +14,11 @@ import time
 
 import pytest
 
-from keyhelper import config
-from shim import labels
-from shim.backends.base import BackendError, SessionSpec
-from shim.backends.k8s_api import ApiError
-from shim.backends.kubernetes import KubernetesBackend
+from hatchway.core import config
+from hatchway.backends import labels
+from hatchway.backends.base import BackendError, SessionSpec
+from hatchway.backends.kubernetes.api import ApiError
+from hatchway.backends.kubernetes.backend import KubernetesBackend
 
 GATEWAY = "10.244.0.1"      # the test cluster's pod bridge: pods reach this host here
 

@@ -108,7 +108,7 @@ def test_dependencies(deb):
     for floor in ("python3-click (>= 8.1)", "python3-yaml (>= 6.0)", "openssh-server",
                   "adduser", "python3:any (>= 3.11~)"):
         assert floor in depends
-    # the code speaks the Docker Engine API and HTTP itself (keyhelper/http11.py)
+    # the code speaks the Docker Engine API and HTTP itself (hatchway/core/http11.py)
     for unused in ("python3-docker", "python3-requests", "python3-kubernetes"):
         assert unused not in depends
     recommends = field(deb, "Recommends")
@@ -140,7 +140,7 @@ def test_man_pages_render_without_warnings(deb, tmp_path):
 
 def test_every_config_key_is_documented(deb):
     """hatchway.yaml(5) names every key of the schema, and only those."""
-    from keyhelper import config
+    from hatchway.core import config
 
     def leaves(schema, prefix=""):
         for k, v in schema.fields.items():
@@ -159,7 +159,7 @@ def test_every_config_key_is_documented(deb):
 
 def test_every_subcommand_is_documented(deb):
     """hatchway(8) has a section for every command `hatchway` has."""
-    from shim.cli import cli
+    from hatchway.admin.main import cli
 
     def commands(group, prefix):
         for name, cmd in group.commands.items():

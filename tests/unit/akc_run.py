@@ -21,7 +21,7 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
-SCRIPT = ROOT / "packaging" / "bin" / "hatchway-keys"
+SCRIPT = ROOT / "keyhelper" / "hatchway-keys"
 PYTHON = "/usr/bin/python3"
 
 

@@ -1,6 +1,6 @@
 """A stand-in session for `sftp -D`: the container's side of an sftp
-subsystem session (the command line shim/commands.py plans) run as a local
-process, behind shim/sftp_fallback.Watch, with this process's stdin/stdout as
+subsystem session (the command line hatchway/daemon/commands.py plans) run as a local
+process, behind hatchway/daemon/sftp_fallback.Watch, with this process's stdin/stdout as
 the client's channel.  Usage: sftp_harness.py SERVER [SERVER...] (the
 candidate sftp servers, as session.subsystems.sftp lists them)."""
 
@@ -12,8 +12,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from shim import commands, sftp_fallback                    # noqa: E402
-from shim.backends.base import ExitStatus, Process          # noqa: E402
+from hatchway.daemon import commands, sftp_fallback        # noqa: E402
+from hatchway.backends.base import ExitStatus, Process          # noqa: E402
 
 
 class LocalProcess(Process):

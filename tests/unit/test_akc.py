@@ -9,7 +9,7 @@ import re
 
 import pytest
 
-from keyhelper import connection
+from hatchway.core import connection
 from tests import contract
 from tests.e2e.webhook_servers import ContainerSSHServer
 
@@ -151,7 +151,7 @@ def _imported(r):
 
 def test_a_warm_call_never_imports_yaml(env, config, reference):
     # PyYAML's import is a quarter of the helper's run: only the first call
-    # after a config change may pay it (keyhelper/compiled_config.py)
+    # after a config change may pay it (hatchway/keys/compiled_config.py)
     argv = ("foo", env["type"], env["key"])
     first = run_keys(env["entry"], config, *argv, pyflags=("-X", "importtime"))
     second = run_keys(env["entry"], config, *argv, pyflags=("-X", "importtime"))
@@ -169,4 +169,4 @@ def test_a_cache_hit_needs_neither_the_schema_nor_the_http_client(env, tmp_path,
     first = run_keys(env["entry"], cfg, *argv)
     hit = run_keys(env["entry"], cfg, *argv, pyflags=("-X", "importtime"))
     assert hit.stdout == first.stdout and hit.log["cache"] == "hit"
-    assert not {"keyhelper.config", "keyhelper.http11", "socket", "yaml"} & _imported(hit)
+    assert not {"hatchway.core.config", "hatchway.core.http11", "socket", "yaml"} & _imported(hit)

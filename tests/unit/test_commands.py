@@ -1,7 +1,6 @@
 import subprocess
 
-from shim import commands
-
+from hatchway.daemon import commands
 SESSION = {"shell": ["/bin/sh"], "host_sftp_commands": ["/usr/lib/openssh/sftp-server", "internal-sftp"],
            "subsystems": {"sftp": ["/usr/lib/openssh/sftp-server", "/usr/libexec/sftp-server"]}}
 
@@ -24,7 +23,7 @@ def test_no_sftp_server_gives_one_clear_line():
     kind, argv = commands.plan(b"internal-sftp", dict(SESSION, subsystems={"sftp": ["/nope/sftp"]}))
     p = subprocess.run(argv, capture_output=True, text=True)
     assert p.returncode == 127
-    # on stdout, where shim/sftp_fallback.py finds it (sshd drops a subsystem's stderr)
+    # on stdout, where hatchway/daemon/sftp_fallback.py finds it (sshd drops a subsystem's stderr)
     assert (p.stdout, p.stderr) == ("hatchway: this environment has no sftp server "
                                     "(tried /nope/sftp)\n", "")
 

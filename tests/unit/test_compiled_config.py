@@ -1,4 +1,4 @@
-"""The key helper's parsed copy of its config (keyhelper/compiled_config.py):
+"""The key helper's parsed copy of its config (hatchway/keys/compiled_config.py):
 used only while the YAML and the schema are byte-for-byte what it was made
 from, never made from a broken config, never kept in a directory others can
 enter.  The end-to-end effect (no PyYAML import on a warm call) is in
@@ -9,8 +9,8 @@ import os
 
 import pytest
 
-from keyhelper import compiled_config, config
-
+from hatchway.keys import compiled_config
+from hatchway.core import config
 YAML = "auth:\n  webhook:\n    url: http://127.0.0.1:1/\n    timeout: 1s\n"
 
 
@@ -116,7 +116,7 @@ def test_the_fast_path_knows_the_schemas_file_and_default():
 def test_the_fast_sha256_is_sha256():
     import hashlib
 
-    from keyhelper import digest
+    from hatchway.core import digest
     for data in (b"", b"abc", bytes(range(256)) * 100):
         assert digest.sha256(data).hexdigest() == hashlib.sha256(data).hexdigest()
         assert digest.sha256(data).digest() == hashlib.sha256(data).digest()

@@ -1,8 +1,6 @@
 import pytest
 
-from keyhelper import config
-
-
+from hatchway.core import config
 def load(text):
     return config.load_text(text, "hatchway.yaml")
 

@@ -2,8 +2,8 @@
 
 import pytest
 
-from keyhelper import config
-from shim.containerssh_config import Unsupported, translate
+from hatchway.core import config
+from hatchway.daemon.containerssh import Unsupported, translate
 from tests import contract
 
 
@@ -77,7 +77,7 @@ def test_what_is_translated_is_valid_containerssh_config(answer):
 
 
 def test_kubernetes_pod_shape():
-    from shim.containerssh_config import translate
+    from hatchway.daemon.containerssh import translate
     spec = {"containers": [{"name": "side", "image": "x"}, {"name": "shell", "image": "y"}],
             "nodeSelector": {"disk": "ssd"}}
     out = translate({"backend": "kubernetes", "kubernetes": {
@@ -91,7 +91,7 @@ def test_kubernetes_pod_shape():
 
 def test_kubernetes_connection_is_not_the_webhooks_to_set():
     import pytest
-    from shim.containerssh_config import Unsupported, translate
+    from hatchway.daemon.containerssh import Unsupported, translate
     with pytest.raises(Unsupported, match="kubernetes.connection"):
         translate({"kubernetes": {"connection": {"host": "evil:6443"}}})
     with pytest.raises(Unsupported, match="kubernetes.pod.metadata.namespace"):

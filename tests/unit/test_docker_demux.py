@@ -4,7 +4,7 @@ import struct
 
 import pytest
 
-from shim.backends.docker import DockerProcess
+from hatchway.backends.docker.backend import DockerProcess
 
 FRAMES = [(1, b"ab"), (1, b"cd"), (2, b"E"), (1, b""), (1, b"x" * 100_000), (2, b"F")]
 

@@ -1,4 +1,4 @@
-"""keyhelper.http11.URL splits the URLs Hatchway connects to exactly as
+"""hatchway.core.http11.URL splits the URLs Hatchway connects to exactly as
 urllib.parse.urlsplit does (http11 avoids importing urllib for start-up time),
 and refuses what urlsplit would refuse."""
 
@@ -6,7 +6,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from keyhelper.http11 import URL, HTTPError, _literal
+from hatchway.core.http11 import URL, HTTPError, _literal
 
 
 @pytest.mark.parametrize("url", [

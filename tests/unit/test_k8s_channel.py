@@ -1,5 +1,5 @@
 """The channel.k8s.io frames and status parsing the Kubernetes backend drives
-itself (shim/backends/k8s_channel.py).  Status payloads are the shapes the
+itself (hatchway/backends/kubernetes/channel.py).  Status payloads are the shapes the
 1.20 apiserver/kubelet send (client-go errorDecoderV4)."""
 
 import json
@@ -7,9 +7,7 @@ import json
 import pytest
 from websocket import ABNF
 
-from shim.backends import k8s_channel as ch
-
-
+from hatchway.backends.kubernetes import channel as ch
 @pytest.mark.parametrize("payload, code", [
     ({"metadata": {}, "status": "Success"}, 0),
     ({"metadata": {}, "status": "Failure", "message": "command terminated with non-zero exit "
@@ -92,7 +90,7 @@ def test_reader_ends_without_status_when_the_connection_drops():
 
 
 def _process_reading(frames):
-    from shim.backends.kubernetes import KubernetesProcess
+    from hatchway.backends.kubernetes.backend import KubernetesProcess
     proc = KubernetesProcess.__new__(KubernetesProcess)
     proc.tty, proc.pid, proc.pending, proc._gone = True, None, [], False
 

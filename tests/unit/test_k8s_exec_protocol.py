@@ -1,4 +1,4 @@
-"""The backend's own websocket handshake and frames (shim/backends/k8s_api.py,
+"""The backend's own websocket handshake and frames (hatchway/backends/kubernetes/api.py,
 k8s_channel.py) against a FAKE spec-faithful exec endpoint
 (k8s_fake_exec.py): subprotocol negotiation and the v5 close frame, which the
 1.20 test cluster cannot show.  The real cluster covers v4 end to end
@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from websocket import ABNF
 
-from shim.backends import k8s_channel as ch
-from shim.backends.k8s_api import Api, ApiError
+from hatchway.backends.kubernetes import channel as ch
+from hatchway.backends.kubernetes.api import Api, ApiError
 
 from .k8s_fake_exec import FakeExecServer
 

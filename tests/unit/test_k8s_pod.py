@@ -1,12 +1,12 @@
 """The pod a Kubernetes session gets: the admin policy on the pod template and
-what the backend itself puts in (shim/policy.py check_pod,
-shim/backends/kubernetes.py pod_manifest).  No cluster needed."""
+what the backend itself puts in (hatchway/daemon/policy.py check_pod,
+hatchway/backends/kubernetes/backend.py pod_manifest).  No cluster needed."""
 
 import pytest
 
-from keyhelper import config
-from shim import policy
-from shim.backends.base import BackendError, SessionSpec
+from hatchway.core import config
+from hatchway.daemon import policy
+from hatchway.backends.base import BackendError, SessionSpec
 
 
 def cfg(pod=None, pol=None, **k):
@@ -84,7 +84,7 @@ def spec(c, pty=False):
 
 
 def test_the_backend_pod():
-    from shim.backends.kubernetes import pod_manifest
+    from hatchway.backends.kubernetes.backend import pod_manifest
     c = cfg({"containers": [{"name": "main", "image": "busybox",
                              "env": [{"name": "LANG", "value": "old"}]}],
              "serviceAccountName": "x"}, image="local/busybox:1")
@@ -106,7 +106,7 @@ def test_the_backend_pod():
 
 
 def test_the_backend_pod_needs_an_image_and_the_named_container():
-    from shim.backends.kubernetes import pod_manifest
+    from hatchway.backends.kubernetes.backend import pod_manifest
     with pytest.raises(BackendError, match="no image"):
         pod_manifest(spec(cfg()))
     with pytest.raises(BackendError, match="no container named x"):
@@ -114,7 +114,7 @@ def test_the_backend_pod_needs_an_image_and_the_named_container():
 
 
 def test_service_account_token_only_when_configured():
-    from shim.backends.kubernetes import pod_manifest
+    from hatchway.backends.kubernetes.backend import pod_manifest
     pod, _ = pod_manifest(spec(cfg(image="i", service_account_token=True)))
     assert pod["spec"]["automountServiceAccountToken"] is True
 
@@ -122,7 +122,7 @@ def test_service_account_token_only_when_configured():
 def test_importing_hatchway_does_not_import_the_client():
     import subprocess
     import sys
-    code = ("import sys, shim.daemon, shim.session, shim.backends, shim.backends.docker; "
+    code = ("import sys, hatchway.daemon.main, hatchway.daemon.session, hatchway.backends, hatchway.backends.docker.backend; "
             "print('kubernetes' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout

@@ -6,8 +6,8 @@ import threading
 import time
 
 
-from shim import peer
-from shim.hatchway_shell import pack
+from hatchway.daemon import peer
+from hatchway.shell import pack
 
 
 def _pipes():

@@ -4,10 +4,8 @@ import os
 
 import pytest
 
-from keyhelper import config
-from shim import policy
-
-
+from hatchway.core import config
+from hatchway.daemon import policy
 def cfg(docker=None, pol=None):
     c = config.defaults()
     c["docker"].update(config.validate(docker or {}, config.DOCKER, "docker"))

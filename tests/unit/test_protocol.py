@@ -2,7 +2,7 @@ import struct
 
 import pytest
 
-from shim.hatchway_shell import MAX_FRAME, FrameReader, pack
+from hatchway.shell import MAX_FRAME, FrameReader, pack
 
 
 def test_frames_roundtrip_split_anywhere():

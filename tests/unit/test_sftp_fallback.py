@@ -8,8 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from shim import sftp_fallback
-
+from hatchway.daemon import sftp_fallback
 HARNESS = [sys.executable, str(Path(__file__).with_name("sftp_harness.py"))]
 LINE = "hatchway: this environment has no sftp server (tried /nope/sftp, /nope/other)"
 

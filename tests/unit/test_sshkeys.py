@@ -3,8 +3,7 @@ import struct
 
 import pytest
 
-from keyhelper import sshkeys
-
+from hatchway.core import sshkeys
 # an ed25519 public key and the fingerprint `ssh-keygen -lf` prints for it
 ED = "AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C8okWi0dh2l9GKJl"
 ED_FP = "SHA256:klL79MZ6iltBiHWlLSBD29e49gH40GwuZCk99dV2JA4"

@@ -5,8 +5,7 @@ import textwrap
 
 import pytest
 
-from keyhelper import sshkeys
-
+from hatchway.core import sshkeys
 from .test_sshkeys import ED, ED_FP
 
 

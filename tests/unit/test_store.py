@@ -10,8 +10,8 @@ import struct
 
 import pytest
 
-from keyhelper import sshkeys
-from keyhelper.store import (Conflict, NotFound, Store, StoreError, check_expiry,
+from hatchway.core import sshkeys
+from hatchway.webhook.store import (Conflict, NotFound, Store, StoreError, check_expiry,
                              check_fingerprint)
 
 

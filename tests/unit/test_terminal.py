@@ -1,9 +1,7 @@
 import os
 import termios
 
-from shim import terminal
-
-
+from hatchway.daemon import terminal
 def test_raw_mode_is_set_without_flushing_and_restored():
     master, slave = os.openpty()
     try:

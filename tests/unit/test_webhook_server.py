@@ -12,8 +12,9 @@ import time
 
 import pytest
 
-from keyhelper import admin_token, webhook_server
-from keyhelper.store import Store
+from hatchway.webhook import token as admin_token
+from hatchway.webhook import server as webhook_server
+from hatchway.webhook.store import Store
 
 from .test_store import make_key
 
@@ -67,7 +68,7 @@ def test_pubkey_carries_the_hatchway_extension(server):
     assert status == 200 and reply["success"] is True
     assert reply["hatchway"] == {"from": ["10.0.0.0/8"], "expiry": "2099-01-31T18:00:00Z"}
     # the key helper's side turns it into sshd options
-    from keyhelper.webhook_client import extension_options
+    from hatchway.core.webhook_client import extension_options
     assert extension_options(reply["hatchway"]) == ['from="10.0.0.0/8"',
                                                     'expiry-time="20990131180000Z"']
 

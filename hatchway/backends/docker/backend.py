@@ -1,0 +1,318 @@
+"""Docker backend: one container per SSH session (`session` mode).
+
+Order matters and follows what the docker CLI does, minus its races:
+create → attach (keeping bytes that arrive with the 101 head) → register
+`wait?condition=next-exit` → start → resize.  Attaching and registering the
+wait before start means no early output and no exit status is ever lost.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import socket
+import struct
+import threading
+import time
+
+from .. import labels as L
+from ..base import Backend, BackendError, ExitStatus, Process, SessionSpec
+from .api import Docker, DockerError, Stream, WaitHandle
+
+log = logging.getLogger("hatchwayd")
+
+# dockerd swallows its detach sequence even for API clients and it cannot be
+# turned off; pick one nobody types: four ctrl-^ in a row.
+DETACH_KEYS = "ctrl-^,ctrl-^,ctrl-^,ctrl-^"
+
+
+def api_for(cfg: dict) -> Docker:
+    d = cfg["docker"]
+    tls = {k: d.get(k) for k in ("ca_file", "cert_file", "key_file")}
+    return Docker(d["host"], tls)
+
+
+def container_spec(spec: SessionSpec) -> dict:
+    d = spec.config["docker"]
+    env = [f"{k}={v}" for k, v in (d.get("env") or {}).items()]
+    env += [f"{k}={v}" for k, v in spec.env.items()]
+    if spec.pty and spec.term:
+        env.append(f"TERM={spec.term}")
+    host = {
+        "Init": True,
+        "LogConfig": {"Type": "none", "Config": {}},
+        "AutoRemove": False,
+    }
+    if d.get("read_only"):
+        host["ReadonlyRootfs"] = True
+    if d.get("tmpfs"):
+        host["Tmpfs"] = dict(d["tmpfs"])
+    if d.get("memory"):
+        host["Memory"] = int(d["memory"])
+    if d.get("cpus"):
+        host["NanoCpus"] = int(d["cpus"] * 1e9)
+    if d.get("pids_limit"):
+        host["PidsLimit"] = int(d["pids_limit"])
+    if d.get("network"):
+        host["NetworkMode"] = d["network"]
+    if d.get("mounts"):
+        host["Mounts"] = list(d["mounts"])
+    # what the policy (hatchway/daemon/policy.py) has already allowed
+    if d.get("privileged"):
+        host["Privileged"] = True
+    if d.get("cap_add"):
+        host["CapAdd"] = list(d["cap_add"])
+    if d.get("cap_drop"):
+        host["CapDrop"] = list(d["cap_drop"])
+    if d.get("pid_mode"):
+        host["PidMode"] = d["pid_mode"]
+    if d.get("ipc_mode"):
+        host["IpcMode"] = d["ipc_mode"]
+    if d.get("devices"):
+        host["Devices"] = [_device(dev) for dev in d["devices"]]
+    body = {
+        "Image": d["image"],
+        "Cmd": spec.argv,
+        "Env": env,
+        "Tty": spec.pty,
+        "OpenStdin": True,
+        "StdinOnce": True,
+        "AttachStdin": True,
+        "AttachStdout": True,
+        "AttachStderr": True,
+        "Labels": spec.labels,
+        "HostConfig": host,
+    }
+    for key, field in (("user", "User"), ("workdir", "WorkingDir"), ("hostname", "Hostname")):
+        if d.get(key):
+            body[field] = d[key]
+    return body
+
+
+def _device(spec: str) -> dict:
+    """`/dev/x[:/dev/y[:rwm]]`, as `docker run --device` writes it."""
+    parts = spec.split(":")
+    return {"PathOnHost": parts[0], "PathInContainer": parts[1] if len(parts) > 1 else parts[0],
+            "CgroupPermissions": parts[2] if len(parts) > 2 else "rwm"}
+
+
+def container_name(spec: SessionSpec) -> str:
+    user = re.sub(r"[^a-zA-Z0-9_.-]", "_", spec.user)
+    return f"hatchway-{user}-{spec.session_id[:12]}"
+
+
+class DockerBackend(Backend):
+    def __init__(self, cfg: dict):
+        self.cfg = cfg
+        self.api = api_for(cfg)
+
+    def start(self, spec: SessionSpec) -> Process:
+        d = spec.config["docker"]
+        self._ensure_image(d["image"], d["pull"])
+        try:
+            cid = self.api.create(container_spec(spec), container_name(spec))
+        except DockerError as e:
+            raise BackendError(f"cannot create the container: {e}") from None
+        stream = waiter = None
+        try:
+            stream = self.api.hijack("POST", f"/containers/{cid}/attach",
+                                     {"stream": 1, "stdin": 1, "stdout": 1, "stderr": 1,
+                                      "detachKeys": DETACH_KEYS})
+            waiter = self.api.wait_handle(cid, "next-exit")
+            self.api.start(cid)
+        except DockerError as e:
+            for handle in (stream, waiter):
+                if handle is not None:
+                    handle.close()
+            _safe(lambda: self.api.remove(cid))
+            raise BackendError(f"cannot start the container: {_start_error(e)}") from None
+        proc = DockerProcess(self.api, cid, stream, waiter, spec.pty)
+        if spec.pty and spec.size:
+            proc.initial_resize(*spec.size)
+        return proc
+
+    def _ensure_image(self, image: str, policy: str) -> None:
+        try:
+            present = self.api.image_exists(image)
+        except DockerError as e:
+            raise BackendError(f"cannot reach the container engine: {e}") from None
+        if policy == "Never" and not present:
+            raise BackendError(f"image {image} is not available on this host")
+        if policy == "Always" or not present:
+            self._pull(image, present)
+
+    def _pull(self, image: str, present: bool) -> None:
+        """Pull in this session's own process: a slow registry holds up only the
+        session that needs the image."""
+        name, _, tag = image.rpartition(":") if ":" in image.split("/")[-1] else (image, "", "latest")
+        why = ""
+        try:
+            progress = self.api.call("POST", "/images/create",
+                                     query={"fromImage": name, "tag": tag},
+                                     timeout=self.cfg["docker"]["start_timeout"], max_body=64 << 20)
+            why = _pull_error(progress)
+        except DockerError as e:
+            # dockerd answered image_exists a moment ago: no answer now means
+            # the registry is slow or unreachable, not the engine
+            why = (f"no answer within {self.cfg['docker']['start_timeout']:g}s" if e.status == 0
+                   else str(e))
+        if present:
+            if why:
+                log.warning("pulling %s failed (%s); using the local copy", image, why)
+            return
+        if why or not _safe(lambda: self.api.image_exists(image)):
+            raise BackendError(f"image {image} is not available here and cannot be pulled"
+                               + (f": {why}" if why else ""))
+
+    def reap(self, is_alive) -> list[str]:
+        removed = []
+        try:
+            found = self.api.list([f"{L.MANAGED}=true", f"{L.HOST}={L.host_id()}"])
+        except DockerError:
+            return removed
+        for c in found:
+            if is_alive(c.get("Labels") or {}):
+                continue
+            if _safe(lambda: self.api.remove(c["Id"])):
+                removed.append((c.get("Names") or [c["Id"][:12]])[0].lstrip("/"))
+        return removed
+
+
+def _safe(fn) -> bool:
+    try:
+        fn()
+        return True
+    except Exception:
+        return False
+
+
+def _pull_error(progress) -> str:
+    """dockerd answers a pull with 200 and reports failure inside the JSON stream."""
+    import json
+    text = progress if isinstance(progress, str) else json.dumps(progress or "")
+    for line in reversed(text.splitlines()):
+        try:
+            item = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(item, dict) and item.get("error"):
+            return str(item["error"]).strip()
+    return ""
+
+
+def _start_error(e: DockerError) -> str:
+    msg = str(e)
+    m = re.search(r'exec: "([^"]+)": (executable file not found|no such file)[^"]*', msg)
+    if m:
+        return f"{m.group(1)}: not found in the image"
+    return msg
+
+
+class DockerProcess(Process):
+    def __init__(self, api: Docker, cid: str, stream: Stream, waiter: WaitHandle, tty: bool):
+        self.api = api
+        self.id = cid[:12]
+        self.cid = cid
+        self.stream = stream
+        self.waiter = waiter
+        self.tty = tty
+        self.buf = b""
+        self.pos = 0
+        self._gone = False
+        self._lock = threading.Lock()
+
+    # -- bytes
+
+    def send(self, data: bytes) -> None:
+        self.stream.sock.sendall(data)
+
+    def close_stdin(self) -> None:
+        try:
+            self.stream.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+
+    def recv(self) -> tuple[int, bytes] | None:
+        if self.tty:
+            data = self._read()
+            return (1, data) if data else None
+        # Multiplexed: frames of [stream u8][0 0 0][length u32 BE] + payload.
+        # Consecutive whole frames of one stream go out as one piece; the buffer
+        # is only ever re-copied from the first incomplete frame, so the cost
+        # stays linear in the bytes relayed whatever the frame sizes are.
+        while True:
+            buf, pos, end = self.buf, self.pos, len(self.buf)
+            kind, parts = None, []
+            while end - pos >= 8:
+                k, n = struct.unpack_from(">BxxxL", buf, pos)
+                if end - pos < 8 + n or (kind is not None and k != kind):
+                    break
+                if n:
+                    kind = k
+                    parts.append(buf[pos + 8:pos + 8 + n])
+                pos += 8 + n
+            self.pos = pos
+            if parts:
+                return (2 if kind == 2 else 1), b"".join(parts)
+            data = self._read()
+            if not data:
+                return None
+            self.buf, self.pos = buf[pos:] + data, 0
+
+    def _read(self) -> bytes:
+        try:
+            return self.stream.recv(1 << 18)
+        except OSError:
+            return b""
+
+    # -- control
+
+    def initial_resize(self, rows: int, cols: int) -> None:
+        # API 1.41 has no ConsoleSize; the container must be running first, and
+        # a resize right after start can still race it, so retry briefly.
+        for attempt in range(10):
+            try:
+                self.api.resize(self.cid, rows, cols)
+                return
+            except DockerError:
+                time.sleep(0.01 * (attempt + 1))
+
+    def resize(self, rows: int, cols: int) -> None:
+        try:
+            self.api.resize(self.cid, rows, cols)
+        except DockerError:
+            pass
+
+    def signal(self, name: str) -> None:
+        try:
+            self.api.kill(self.cid, name)
+        except DockerError:
+            pass
+
+    def exit_status(self, timeout: float | None = None) -> ExitStatus:
+        try:
+            result = self.waiter.result(timeout)
+        except DockerError:
+            info = self.api.inspect(self.cid)
+            state = (info or {}).get("State") or {}
+            if state.get("Running") or not info:
+                return ExitStatus(255, "lost the exit status of the container")
+            result = {"StatusCode": state.get("ExitCode", 255)}
+        code = int(result.get("StatusCode", 255)) & 0xFF
+        note = None
+        if code == 137:
+            info = self.api.inspect(self.cid) if not self._gone else None
+            if info and (info.get("State") or {}).get("OOMKilled"):
+                note = "the session ran out of memory and was killed (exit 137)"
+        return ExitStatus(code, note)
+
+    def destroy(self) -> None:
+        with self._lock:
+            if self._gone:
+                return
+            self._gone = True
+        self.stream.close()
+        for _ in range(3):
+            if _safe(lambda: self.api.remove(self.cid)):
+                return
+            time.sleep(0.2)

@@ -1,0 +1,386 @@
+"""Kubernetes backend: one pod per SSH session (`session` mode).
+
+How a session runs, and why:
+
+1. A pod is created from the configured PodSpec template (after the admin
+   policy, hatchway/daemon/policy.py), labelled like Docker containers (labels.py;
+   values Kubernetes cannot hold as labels, e.g. the owner process token, go
+   in annotations), `restartPolicy: Never`, no service-account token unless
+   configured.  Its session container runs only an idle command.
+2. We wait for the container to run, with a deadline; image errors and the
+   like end the wait at once with the kubelet's reason, an unschedulable pod
+   at the deadline with the scheduler's message.
+3. The session's command is *exec'd* into that waiting container.  The exec
+   stream is connected before the command starts (the kubelet starts the
+   process only once the streams are attached), so no early output is lost;
+   attaching to a pod's main process instead would race its first writes.
+4. The command runs under a tiny /bin/sh wrapper that first prints its pid
+   (the command then replaces the shell, keeping that pid).  We strip that
+   line and use the pid for signals: Kubernetes has no signal API, so HUP and
+   TERM are a second exec of `kill -s SIG <pid>` inside the container.
+   (The image therefore needs /bin/sh with `kill`, `mkfifo`, `dd` and `stty`,
+   which every distribution and busybox image has.)
+5. stdin EOF: `v4.channel.k8s.io` (every server before 1.29/1.30) cannot
+   half-close a stream; closing the websocket would lose the remaining output
+   and the exit status.  So a non-pty command reads its stdin from a FIFO fed
+   by a second exec that carries only stdin, in chunks framed as
+   "<length>\n<bytes>"; EOF is the chunk "0\n", after which the feeder ends,
+   the FIFO closes and the command sees EOF, while its output and exit status
+   still arrive on the first stream.  In-band, because closing even the
+   feeder's websocket is no ordered EOF: stdin still in flight in the
+   kubelet/runtime is dropped.  v5's close frame would do the same for servers
+   >= 1.30; the in-band EOF is one path that is correct on every server.
+6. Exit status from the channel-3 status frame (k8s_channel.parse_status):
+   a command killed by signal N reports 128+N.
+7. At the end the pod is deleted with gracePeriodSeconds=0 and waited for;
+   the reaper deletes pods whose owning session process is gone.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import re
+import threading
+import time
+
+from .. import labels as L
+from ..base import Backend, BackendError, ExitStatus, Process, SessionSpec
+from . import channel as ch
+from .api import Api, ApiError
+
+log = logging.getLogger("hatchwayd")
+
+RUN_DIR = "/.hatchway"          # an emptyDir in the session container, for the stdin FIFO
+PID_LINE = re.compile(rb"hatchway-pid:(\d+)\r?\n")
+# The command's wrapper: print our pid, then become the command.  Non-pty:
+# make the FIFO first and read stdin from it.
+# pty: set the terminal's size first; a resize message can reach the runtime
+# only after the process has started, and the command may ask before that.
+WRAP_PTY = ('stty rows "$1" cols "$2" 2>/dev/null; shift 2; echo "hatchway-pid:$$"; '
+            'exec "$@"')
+WRAP_PIPE = ('f="$1"; shift; mkfifo -m 600 "$f" || exit 125; echo "hatchway-pid:$$"; '
+             'exec "$@" < "$f"')
+# The stdin feeder: chunks framed as "<length>\n<bytes>", "0\n" is EOF.  EOF is
+# in-band because closing the exec's websocket is not an ordered EOF: the
+# kubelet/runtime drop stdin still in flight when the connection closes (a
+# 100 kB write followed by a close arrived as 32 KiB on the 1.20 cluster).
+# `dd iflag=count_bytes,fullblock` reads exactly N bytes with read(2), in
+# busybox and coreutils alike (busybox `head -c` reads ahead through stdio and
+# would swallow the next length line).
+FEED = ('exec 3>"$1" && rm -f "$1" || exit 125; '
+        'while IFS= read -r n && [ "$n" -gt 0 ]; do '
+        'dd bs=65536 count="$n" iflag=count_bytes,fullblock 2>/dev/null >&3 || exit 1; done')
+IMAGE_ERRORS = {"ErrImagePull", "ImagePullBackOff", "ErrImageNeverPull", "InvalidImageName",
+                "CreateContainerConfigError", "CreateContainerError", "RunContainerError",
+                "CrashLoopBackOff"}
+_LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
+
+
+def pod_name(spec: SessionSpec) -> str:
+    user = re.sub(r"[^a-z0-9-]", "-", spec.user.lower()).strip("-")[:30] or "user"
+    return f"hatchway-{user}-{spec.session_id[:12]}"
+
+
+def pod_manifest(spec: SessionSpec) -> tuple[dict, str]:
+    """The pod for one session, and the name of the container it runs in."""
+    k = spec.config["kubernetes"]
+    podspec = copy.deepcopy(k.get("pod") or {})
+    containers = podspec.setdefault("containers", [])
+    if not containers:
+        containers.append({"name": "session"})
+    wanted = k.get("container")
+    c = next((c for c in containers if c.get("name") == wanted), None) if wanted else containers[0]
+    if c is None:
+        raise BackendError(f"the pod template has no container named {wanted}")
+    c.setdefault("name", "session")
+    if k.get("image"):
+        c["image"] = k["image"]
+    if not c.get("image"):
+        raise BackendError("no image configured for the session container (kubernetes.image)")
+    c["command"] = list(k["idle_command"])
+    c.pop("args", None)
+    c["stdin"] = c["tty"] = False
+    env = [e for e in c.get("env") or [] if e.get("name") not in spec.env]
+    env += [{"name": n, "value": v} for n, v in spec.env.items()]
+    if spec.pty and spec.term:
+        env = [e for e in env if e.get("name") != "TERM"] + [{"name": "TERM", "value": spec.term}]
+    c["env"] = env
+    c["volumeMounts"] = list(c.get("volumeMounts") or []) + [
+        {"name": "hatchway-run", "mountPath": RUN_DIR}]
+    podspec["volumes"] = list(podspec.get("volumes") or []) + [
+        {"name": "hatchway-run", "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}}]
+    podspec["restartPolicy"] = "Never"
+    podspec["automountServiceAccountToken"] = bool(k.get("service_account_token"))
+    podspec.setdefault("enableServiceLinks", False)
+    podspec.setdefault("terminationGracePeriodSeconds", 0)
+    meta = {"name": pod_name(spec),
+            "labels": {key: v for key, v in spec.labels.items()
+                       if len(v) <= 63 and _LABEL_VALUE.match(v)},
+            "annotations": dict(spec.labels)}
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": podspec}, c["name"]
+
+
+class KubernetesBackend(Backend):
+    def __init__(self, cfg: dict):
+        self.cfg = cfg
+        self.k = cfg["kubernetes"]
+        self.api = Api(self.k)
+        self.ns = self.k["namespace"]
+
+    def start(self, spec: SessionSpec) -> Process:
+        k = spec.config["kubernetes"]
+        manifest, container = pod_manifest(spec)
+        name = manifest["metadata"]["name"]
+        try:
+            self.api.call("POST", f"/api/v1/namespaces/{self.ns}/pods", manifest)
+        except ApiError as e:
+            raise BackendError(f"cannot create the pod: {e}") from None
+        proc = None
+        try:
+            self._wait_running(name, container, k["start_timeout"])
+            proc = KubernetesProcess(self.api, self.ns, name, container, spec)
+            proc.start(spec.argv)
+            return proc
+        except BaseException:
+            if proc is not None:
+                proc.destroy()
+            else:
+                delete_pod(self.api, self.ns, name)
+            raise
+
+    def _wait_running(self, name: str, container: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        why = "the pod was not scheduled (is a scheduler running? does a node fit it?)"
+        delay = 0.05
+        while True:
+            try:
+                pod = self.api.call("GET", f"/api/v1/namespaces/{self.ns}/pods/{name}")
+            except ApiError as e:
+                if e.status == 404:
+                    raise BackendError("the session's pod was deleted while starting") from None
+                pod, why = None, f"cannot read the pod: {e}"
+            if pod:
+                status = pod.get("status") or {}
+                for cond in status.get("conditions") or []:
+                    if cond.get("type") == "PodScheduled" and cond.get("status") == "False":
+                        why = f"the pod cannot be scheduled: {cond.get('message') or cond.get('reason')}"
+                for cs in status.get("containerStatuses") or []:
+                    if cs.get("name") != container:
+                        continue
+                    state = cs.get("state") or {}
+                    if "running" in state:
+                        return
+                    waiting = state.get("waiting") or {}
+                    if waiting.get("reason") in IMAGE_ERRORS:
+                        raise BackendError(f"the session container cannot start: "
+                                           f"{waiting['reason']}: {waiting.get('message', '')}"
+                                           .rstrip(": "))
+                    if waiting.get("reason"):
+                        why = f"the session container is still waiting: {waiting['reason']}"
+                    if "terminated" in state:
+                        t = state["terminated"]
+                        raise BackendError(f"the session container exited at once "
+                                           f"({t.get('reason')}, exit {t.get('exitCode')})")
+                if status.get("phase") in ("Failed", "Succeeded"):
+                    raise BackendError(f"the pod ended before the session started "
+                                       f"({status.get('reason') or status.get('phase')})")
+            if time.monotonic() >= deadline:
+                raise BackendError(f"the session's pod did not start within {timeout:g}s: {why}")
+            time.sleep(delay)
+            delay = min(delay * 2, 0.5)
+
+    def reap(self, is_alive) -> list[str]:
+        removed = []
+        try:
+            pods = self.api.call("GET", f"/api/v1/namespaces/{self.ns}/pods", query={
+                "labelSelector": f"{L.MANAGED}=true,{L.HOST}={L.host_id()}"})["items"]
+        except (ApiError, TypeError, KeyError):
+            return removed
+        for pod in pods:
+            meta = pod.get("metadata") or {}
+            if meta.get("deletionTimestamp") is None and is_alive(meta.get("annotations") or {}):
+                continue
+            if delete_pod(self.api, self.ns, meta["name"], wait=0):
+                removed.append(meta["name"])
+        return removed
+
+
+def delete_pod(api: Api, ns: str, name: str, wait: float = 20.0) -> bool:
+    """Delete at once (grace 0) and, when `wait`, until the API no longer has it.
+    True when it is gone or going."""
+    try:
+        api.call("DELETE", f"/api/v1/namespaces/{ns}/pods/{name}",
+                 query={"gracePeriodSeconds": "0"})
+    except ApiError as e:
+        if e.status != 404:
+            return False
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        try:
+            api.call("GET", f"/api/v1/namespaces/{ns}/pods/{name}", timeout=5)
+        except ApiError as e:
+            if e.status == 404:
+                return True
+        time.sleep(0.1)
+    return True
+
+
+class KubernetesProcess(Process):
+    def __init__(self, api: Api, ns: str, pod: str, container: str, spec: SessionSpec):
+        self.api = api
+        self.ns = ns
+        self.id = pod
+        self.pod = pod
+        self.container = container
+        self.tty = spec.pty
+        self.size = spec.size
+        self.session_id = spec.session_id
+        self.ws = self.feed = None
+        self.frames: ch.Frames | None = None
+        self.pid: int | None = None
+        self.pending: list[tuple[int, bytes]] = []
+        self._gone = False
+        self._lock = threading.Lock()
+
+    def _exec(self, argv, **kw):
+        try:
+            return self.api.exec_socket(self.ns, self.pod, self.container, argv, **kw)
+        except ApiError as e:
+            raise BackendError(f"cannot run the command in the pod: {e}") from None
+
+    def start(self, argv: list[str]) -> None:
+        from websocket import ABNF
+        if self.tty:
+            rows, cols = self.size or (24, 80)
+            self.ws = self._exec(["/bin/sh", "-c", WRAP_PTY, "hatchway", str(rows), str(cols),
+                                  *argv],
+                                 stdin=True, stdout=True, stderr=False, tty=True)
+            if self.size:
+                self.ws.send(ch.resize_frame(*self.size), opcode=ABNF.OPCODE_BINARY)
+        else:
+            fifo = f"{RUN_DIR}/stdin-{self.session_id}"
+            self.ws = self._exec(["/bin/sh", "-c", WRAP_PIPE, "hatchway", fifo, *argv],
+                                 stdin=False, stdout=True, stderr=True, tty=False)
+        self.frames = ch.Frames(self.ws)
+        self._read_pid()
+        if not self.tty and self.pid is not None:
+            self.feed = self._exec(["/bin/sh", "-c", FEED, "hatchway",
+                                    f"{RUN_DIR}/stdin-{self.session_id}"],
+                                   stdin=True, stdout=False, stderr=False, tty=False)
+
+    def _read_pid(self) -> None:
+        """Consume the wrapper's pid line (the first output there is), bounded."""
+        self.ws.settimeout(30)
+        buf = b""
+        try:
+            while len(buf) < 64:
+                item = self.frames.next()
+                if item is None:
+                    break                       # the wrapper failed; its status tells why
+                stream, data = item
+                if stream != ch.STDOUT:
+                    self.pending.append(item)
+                    continue
+                buf += data
+                m = PID_LINE.match(buf)
+                if m:
+                    self.pid = int(m.group(1))
+                    buf = buf[m.end():]
+                    break
+                if not b"hatchway-pid:".startswith(buf[:13]) or b"\n" in buf:
+                    break                       # not our line: all of it is output
+        finally:
+            if self.ws is not None:
+                self.ws.settimeout(None)
+        if buf:
+            self.pending.append((ch.STDOUT, buf))
+        if self.pid is None and self.frames.status is not None:
+            st = self.frames.status
+            if st.message:
+                raise BackendError(f"cannot run the command in the pod: {st.message}")
+            if st.code == 125:
+                raise BackendError("cannot make the stdin FIFO in the session container")
+
+    # -- bytes
+
+    def send(self, data: bytes) -> None:
+        from websocket import ABNF, WebSocketException
+        sock = self.ws if self.tty else self.feed
+        if sock is None:
+            raise OSError("no stdin")
+        if not self.tty:
+            data = b"%d\n%s" % (len(data), data)
+        try:
+            sock.send(ch.stdin_frame(data), opcode=ABNF.OPCODE_BINARY)
+        except (WebSocketException, AttributeError) as e:
+            raise OSError(str(e)) from None
+
+    def close_stdin(self) -> None:
+        """In-band EOF for the feeder (see FEED); its websocket stays open until
+        the session ends, so nothing in flight is dropped."""
+        from websocket import ABNF
+        if self.tty or self.feed is None:
+            return
+        try:
+            self.feed.send(ch.stdin_frame(b"0\n"), opcode=ABNF.OPCODE_BINARY)
+        except Exception:
+            pass
+
+    def recv(self) -> tuple[int, bytes] | None:
+        if self.pending:
+            return self.pending.pop(0)
+        return self.frames.next() if self.frames else None
+
+    # -- control
+
+    def resize(self, rows: int, cols: int) -> None:
+        from websocket import ABNF
+        if self.tty and self.ws is not None:
+            try:
+                self.ws.send(ch.resize_frame(rows, cols), opcode=ABNF.OPCODE_BINARY)
+            except Exception:
+                pass
+
+    def signal(self, name: str) -> None:
+        """`kill` inside the container: Kubernetes has no API for signals."""
+        if self.pid is None or self._gone or name not in ("HUP", "TERM", "INT", "QUIT", "KILL"):
+            return
+        try:
+            ws = self.api.exec_socket(self.ns, self.pod, self.container,
+                                      ["/bin/sh", "-c", 'kill -s "$1" "$2"', "hatchway",
+                                       name, str(self.pid)],
+                                      stdin=False, stdout=True, stderr=True, tty=False,
+                                      timeout=5)
+        except ApiError as e:
+            log.warning("cannot signal %s in pod %s: %s", name, self.pod, e)
+            return
+        try:
+            ws.settimeout(5)
+            frames = ch.Frames(ws)
+            while frames.next() is not None:
+                pass
+        finally:
+            ws.shutdown()
+
+    def exit_status(self, timeout: float | None = None) -> ExitStatus:
+        st = self.frames.status if self.frames else None
+        if st is None:
+            return ExitStatus(255, "lost the exit status of the command")
+        return ExitStatus(st.code, st.message)
+
+    def destroy(self) -> None:
+        with self._lock:
+            if self._gone:
+                return
+            self._gone = True
+        for sock in (self.feed, self.ws):
+            if sock is not None:
+                try:
+                    sock.shutdown()
+                except Exception:
+                    pass
+        try:
+            delete_pod(self.api, self.ns, self.pod)
+        except Exception as e:
+            log.warning("cannot delete pod %s: %s", self.pod, e)

@@ -1,0 +1,63 @@
+"""Labels on every container/pod a session creates, and what the reaper reads back.
+
+`io.hatchway.process` names the session process that owns the container as
+boot-id:pid:start-time.  The container is an orphan exactly when that process
+no longer exists on this boot, which is what the reaper checks; it never has to
+trust a pid alone (pids are reused).
+"""
+
+from __future__ import annotations
+
+import socket
+
+from hatchway.core import connection
+
+PREFIX = "io.hatchway."
+USER = PREFIX + "user"
+SESSION = PREFIX + "session"
+CONNECTION = PREFIX + "connection"
+MODE = PREFIX + "mode"
+HOST = PREFIX + "host"
+PROCESS = PREFIX + "process"
+MANAGED = PREFIX + "managed"
+
+
+def host_id() -> str:
+    try:
+        with open("/etc/machine-id", encoding="ascii") as f:
+            mid = f.read().strip()
+        if mid:
+            return mid
+    except OSError:
+        pass
+    return socket.gethostname()
+
+
+def process_token(pid: int) -> str:
+    _, _, start = connection.proc_stat(pid)
+    return f"{connection.boot_id()}:{pid}:{start}"
+
+
+def process_alive(token: str) -> bool:
+    try:
+        boot, pid_s, start_s = token.split(":")
+        if boot != connection.boot_id():
+            return False
+        _, _, start = connection.proc_stat(int(pid_s))
+        return str(start) == start_s and not _zombie(int(pid_s))
+    except (ValueError, OSError, IndexError):
+        return False
+
+
+def _zombie(pid: int) -> bool:
+    """A dead session process whose parent (the old main process, or an init
+    that does not reap) has not collected it yet still has its /proc entry."""
+    with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+        data = f.read()
+    return data[data.rindex(")") + 2:].split()[0] in ("Z", "X")
+
+
+def for_session(user: str, session_id: str, connection_id: str, mode: str,
+                owner_pid: int) -> dict[str, str]:
+    return {MANAGED: "true", USER: user, SESSION: session_id, CONNECTION: connection_id,
+            MODE: mode, HOST: host_id(), PROCESS: process_token(owner_pid)}

@@ -1,0 +1,190 @@
+"""hatchwayd: the session daemon (runs as user `hatchway`, a member of `docker`).
+
+The main process only accepts connections and forks: each client gets its own
+process, in its own process session, which owns everything about that SSH
+session.  So a crash in one session ends that session only, and stopping or
+restarting the main process (systemd: KillMode=process) ends none of them.
+
+The main process also starts the reaper: at start-up, every `reap_interval`,
+and at once when a session process dies abnormally.  The reaper removes every
+container whose owning session process no longer exists (see labels.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import socket
+import stat
+import sys
+import time
+
+from hatchway import backends
+from hatchway.backends import labels
+from hatchway.core import config as config_mod
+
+
+log = logging.getLogger("hatchwayd")
+
+
+def setup_logging(level: str) -> None:
+    under_journal = bool(os.environ.get("JOURNAL_STREAM"))
+    fmt = "%(levelname)s %(message)s" if under_journal else \
+        "%(asctime)s hatchwayd[%(process)d] %(levelname)s %(message)s"
+    logging.basicConfig(stream=sys.stderr, format=fmt, level=level.upper())
+
+
+def listen(path: str) -> socket.socket:
+    try:
+        st = os.lstat(path)
+        if stat.S_ISSOCK(st.st_mode):
+            os.unlink(path)      # left by a previous instance
+        else:
+            raise SystemExit(f"hatchwayd: {path} exists and is not a socket; refusing to touch it")
+    except FileNotFoundError:
+        pass
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = os.umask(0o111)        # access is gated by the directory (hatchway-users, 0750)
+    try:
+        s.bind(path)
+    finally:
+        os.umask(old)
+    s.listen(256)
+    return s
+
+
+def run_reaper(cfg: dict) -> None:
+    """Fork a short-lived process that removes orphaned containers."""
+    pid = os.fork()
+    if pid:
+        return
+    try:
+        os.setsid()
+        removed = backends.make(cfg).reap(lambda lab: labels.process_alive(lab.get(labels.PROCESS, "")))
+        for name in removed:
+            log.info("reaper removed %s (its session process is gone)", name)
+    except Exception as e:  # never let a reaper failure escape into a traceback loop
+        log.error("reaper failed: %s", e)
+    finally:
+        os._exit(0)
+
+
+def serve_session(conn: socket.socket, cfg: dict) -> None:
+    """Body of a forked session process."""
+    os.setsid()
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
+        signal.signal(sig, signal.SIG_DFL)
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    from .session import Session
+    try:
+        Session(conn, cfg).run()
+    except Exception:
+        log.exception("session crashed")
+    finally:
+        logging.shutdown()
+        os._exit(0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="hatchwayd", description="Hatchway session daemon")
+    ap.add_argument("--config", default=config_mod.DEFAULT_PATH)
+    args = ap.parse_args(argv)
+    try:
+        cfg = config_mod.load(args.config)
+    except config_mod.ConfigError as e:
+        print(f"hatchwayd: {e}", file=sys.stderr)
+        return 2
+    setup_logging(cfg["log"]["level"])
+
+    # Imported now, before any fork, so every session process shares them and
+    # a package upgrade that swaps .py files cannot bite a session mid-way.
+    from . import session, relay  # noqa: F401
+    from hatchway.backends.base import BackendError
+    try:
+        backends.make(cfg)      # also loads the Kubernetes connection once, for every fork
+    except BackendError as e:
+        print(f"hatchwayd: {e}", file=sys.stderr)
+        return 2
+
+    sock_path = cfg["daemon"]["socket"]
+    server = listen(sock_path)
+    pid_path = os.path.join(os.path.dirname(sock_path), "hatchwayd.pid")
+    _write_pid(pid_path)
+    log.info("listening on %s (backend %s)", sock_path, cfg["backend"])
+
+    stopping = []
+    signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
+    signal.signal(signal.SIGINT, lambda *_: stopping.append(1))
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+
+    interval = cfg["daemon"]["reap_interval"]
+    run_reaper(cfg)
+    next_reap = time.monotonic() + interval
+    server.settimeout(1.0)
+    while not stopping:
+        try:
+            conn, _ = server.accept()
+        except socket.timeout:
+            conn = None
+        except InterruptedError:
+            continue
+        except OSError as e:
+            log.error("accept failed: %s", e)
+            time.sleep(0.1)
+            conn = None
+        if conn is not None:
+            try:
+                pid = os.fork()
+            except OSError as e:
+                log.error("cannot fork a session process: %s", e)
+                conn.close()
+                continue
+            if pid == 0:
+                server.close()
+                serve_session(conn, cfg)
+            conn.close()
+        if _collect_children() or time.monotonic() >= next_reap:
+            run_reaper(cfg)
+            next_reap = time.monotonic() + interval
+
+    log.info("stopping; live sessions keep running")
+    server.close()
+    for path in (sock_path, pid_path):
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+    return 0
+
+
+def _write_pid(path: str) -> None:
+    """The main process's pid, for tools that must stop it and not the sessions
+    (which run the same program)."""
+    try:
+        tmp = f"{path}.{os.getpid()}"
+        with open(tmp, "w", encoding="ascii") as f:
+            f.write(f"{os.getpid()}\n")
+        os.replace(tmp, path)
+    except OSError as e:
+        log.warning("cannot write %s: %s", path, e)
+
+
+def _collect_children() -> bool:
+    """Reap exited children; true if one of them died abnormally."""
+    abnormal = False
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return abnormal
+        if pid == 0:
+            return abnormal
+        if os.WIFSIGNALED(status) or (os.WIFEXITED(status) and os.WEXITSTATUS(status)):
+            log.warning("session process %d died abnormally (status %d)", pid, status)
+            abnormal = True
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,196 @@
+"""Where the bytes flow: the session's passed descriptors <-> the container.
+
+Two threads move bytes, one per direction, with plain blocking I/O: the passed
+descriptors share their open file description with sshd's side, so making them
+non-blocking would change them for everyone (fcntl(2)).  The main thread
+watches the control socket from hatchway-shell (resize, signals, its death),
+the stdout pipe for a vanished reader, and the two pumps, and decides how the
+session ends:
+
+  output ends (the command exited)      -> exit status from the backend
+  hangup (pty EOF/EIO, HUP, client or
+          stdout reader gone)           -> SIGHUP to the command, removal after a grace
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import select
+import socket
+import threading
+import time
+from dataclasses import dataclass
+
+from hatchway.backends.base import ExitStatus, Process
+from hatchway.shell import FrameReader
+
+from . import terminal
+
+log = logging.getLogger("hatchwayd")
+
+SIGNALS = {"HUP", "TERM", "INT", "QUIT"}
+
+
+@dataclass
+class Outcome:
+    status: ExitStatus
+    hangup: bool = False
+
+
+class Relay:
+    def __init__(self, proc: Process, fds: list[int], pty: bool, control: socket.socket,
+                 reader: FrameReader, pending: list[dict], grace: float):
+        self.proc = proc
+        self.fds = fds
+        self.pty = pty
+        self.control = control
+        self.reader = reader
+        self.pending = pending
+        self.grace = grace
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.wake_r, self.wake_w = os.pipe()
+        self.eof = threading.Event()        # the command's output ended: it exited
+        self.hangup_reason: str | None = None
+
+    # -- the two pumps
+
+    def _pump_in(self) -> None:
+        fd = self.fds[0]
+        while True:
+            try:
+                data = os.read(fd, 1 << 16)
+            except OSError as e:
+                if e.errno == errno.EINTR:
+                    continue
+                data = b""      # EIO: the terminal hung up
+            if not data:
+                if self.pty:
+                    # raw mode: ^D is a byte, so an empty read is the terminal going away
+                    self._hangup("terminal closed")
+                else:
+                    self.proc.close_stdin()
+                return
+            try:
+                self.proc.send(data)
+            except OSError:
+                return          # the command is gone; the output side ends the session
+            self.bytes_in += len(data)
+
+    def _pump_out(self) -> None:
+        while True:
+            item = self.proc.recv()
+            if item is None:
+                self.eof.set()      # everything before it is already written
+                self._wake()
+                return
+            stream, data = item
+            fd = self.fds[2] if stream == 2 and not self.pty else self.fds[1]
+            if not self._write_all(fd, data):
+                self._hangup("client stopped reading")
+                return
+            self.bytes_out += len(data)
+
+    @staticmethod
+    def _write_all(fd: int, data: bytes) -> bool:
+        view = memoryview(data)
+        while view:
+            try:
+                n = os.write(fd, view)
+            except OSError as e:
+                if e.errno == errno.EINTR:
+                    continue
+                return False    # EPIPE / EIO: nobody is reading any more
+            view = view[n:]
+        return True
+
+    def _hangup(self, reason: str) -> None:
+        if self.hangup_reason is None:
+            self.hangup_reason = reason
+        self._wake()
+
+    def _wake(self) -> None:
+        try:
+            os.write(self.wake_w, b"!")
+        except OSError:
+            pass
+
+    # -- control
+
+    def _handle(self, frame: dict) -> None:
+        kind = frame.get("type")
+        if kind == "resize" and self.pty:
+            size = terminal.size(self.fds[0])   # our own copy is the authority
+            if size:
+                self.proc.resize(*size)
+        elif kind == "signal":
+            name = frame.get("signal")
+            if name == "HUP":
+                self._hangup("client hung up")
+            elif name in SIGNALS:
+                self.proc.signal(name)
+
+    def run(self) -> Outcome:
+        saved = terminal.make_raw(self.fds[0]) if self.pty else None
+        threads = [threading.Thread(target=self._pump_in, daemon=True, name="in"),
+                   threading.Thread(target=self._pump_out, daemon=True, name="out")]
+        for t in threads:
+            t.start()
+        for frame in self.pending:
+            self._handle(frame)
+
+        poller = select.poll()
+        poller.register(self.wake_r, select.POLLIN)
+        poller.register(self.control, select.POLLIN)
+        if not self.pty:
+            poller.register(self.fds[1], 0)     # POLLERR arrives when the reader is gone
+
+        while not self.eof.is_set() and self.hangup_reason is None:
+            for fd, ev in poller.poll():
+                if fd == self.wake_r:
+                    os.read(self.wake_r, 4096)
+                elif fd == self.control.fileno():
+                    data = b""
+                    try:
+                        data = self.control.recv(65536)
+                    except OSError:
+                        pass
+                    if not data:
+                        poller.unregister(self.control)
+                        self._hangup("hatchway-shell went away")
+                        continue
+                    try:
+                        for frame in self.reader.feed(data):
+                            self._handle(frame)
+                    except (ValueError, UnicodeDecodeError):
+                        log.warning("garbled control frame; ending the session")
+                        self._hangup("garbled control stream")
+                elif fd == self.fds[1] and ev & (select.POLLERR | select.POLLHUP):
+                    poller.unregister(self.fds[1])
+                    self._hangup("client went away")
+
+        hangup = not self.eof.is_set()
+        if hangup:
+            # Like a terminal hangup on a host: SIGHUP first, and whatever
+            # outlives the grace period goes with the container.
+            log.debug("hangup: %s", self.hangup_reason)
+            self.proc.signal("HUP")
+            if self.eof.wait(self.grace):
+                status = self.proc.exit_status(timeout=1.0)
+            else:
+                self.proc.destroy()
+                status = ExitStatus(129)
+        else:
+            status = self.proc.exit_status(timeout=30.0)
+        if self.pty:
+            terminal.restore(self.fds[0], saved)
+        return Outcome(status, hangup)
+
+    def close(self) -> None:
+        for fd in (self.wake_r, self.wake_w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass

@@ -1,0 +1,108 @@
+"""The configuration one session runs with.
+
+    file config
+      + `groups:` entries for the groups the user is in (in file order)
+      + templates filled in ({user}, {uid}, {gid}, {group})
+      + the config webhook's answer (ContainerSSH shape), fields allowed by the policy
+      → the admin's policy (hatchway/daemon/policy.py)
+
+Called once per session, after the user is identified and before anything is
+created.  Any failure refuses the session with one line for the user: there
+is no silent fallback to a configuration nobody asked for.
+"""
+
+from __future__ import annotations
+
+import copy
+import grp
+import logging
+import os
+import pwd
+import re
+
+from hatchway.core import config as config_mod
+from hatchway.core import http11
+from hatchway.core.webhook_client import WebhookError, fetch_config
+
+from . import containerssh as containerssh_config, policy
+
+log = logging.getLogger("hatchwayd")
+
+TEMPLATE = re.compile(r"\{(user|uid|gid|group)\}")
+
+
+class ConfigRefused(Exception):
+    """This session's configuration is not allowed or not available; the message
+    is one line for the user (and the log)."""
+
+
+def user_groups(user: str, gid: int) -> list[str]:
+    names = []
+    for g in os.getgrouplist(user, gid):
+        try:
+            names.append(grp.getgrgid(g).gr_name)
+        except KeyError:
+            pass
+    return names
+
+
+def fill_templates(value, ctx: dict):
+    if isinstance(value, str):
+        return TEMPLATE.sub(lambda m: ctx[m.group(1)], value)
+    if isinstance(value, list):
+        return [fill_templates(v, ctx) for v in value]
+    if isinstance(value, dict):
+        return {k: fill_templates(v, ctx) for k, v in value.items()}
+    return value
+
+
+def effective_config(base: dict, *, user: str, uid: int, remote_address: str,
+                     connection_id: str) -> dict:
+    if "/" in user or user in (".", ".."):
+        raise ConfigRefused("this user name cannot be used in a container configuration")
+    pw = pwd.getpwuid(uid)
+    groups = user_groups(user, pw.pw_gid)
+    cfg = copy.deepcopy(base)
+    for name, override in base.get("groups", {}).items():
+        if name in groups:
+            cfg = config_mod.merge(cfg, override)
+
+    ctx = {"user": user, "uid": str(uid), "gid": str(pw.pw_gid),
+           "group": groups[0] if groups else str(pw.pw_gid)}
+    for section in ("docker", "kubernetes", "session"):
+        cfg[section] = fill_templates(cfg[section], ctx)
+
+    webhook_mounts = []
+    if cfg["config_webhook"]["url"]:
+        part = _ask_webhook(cfg, user, remote_address, connection_id)
+        webhook_mounts = part.get("docker", {}).get("mounts", [])
+        cfg = config_mod.merge(cfg, part)
+    try:
+        return policy.check(cfg, webhook_mounts)
+    except policy.Violation as e:
+        raise ConfigRefused(str(e)) from None
+
+
+def _ask_webhook(cfg: dict, user: str, remote: str, conn_id: str) -> dict:
+    cw = cfg["config_webhook"]
+    try:
+        reply = fetch_config(cw, username=user, remote_address=remote, connection_id=conn_id,
+                             deadline=http11.Deadline(cw["timeout"]))
+    except (WebhookError, http11.HTTPError) as e:
+        log.warning("config webhook failed for %s: %s", user, e)
+        raise ConfigRefused(f"cannot get this session's configuration: {e}") from None
+    try:
+        part = containerssh_config.translate(reply)
+        part = config_mod.validate(part)
+    except ValueError as e:
+        log.warning("config webhook answer refused for %s: %s", user, e)
+        raise ConfigRefused(f"the configuration service sent an unusable answer: {e}") from None
+    if part.get("backend") == cfg["backend"]:
+        del part["backend"]         # ContainerSSH servers often restate it; no change
+    try:
+        policy.check_webhook_fields(part, cfg["policy"]["webhook_may_set"])
+    except policy.Violation as e:
+        raise ConfigRefused(str(e)) from None
+    if part:
+        log.info("config webhook for %s set %s", user, ", ".join(policy.leaves(part)))
+    return part
