@@ -1,8 +1,9 @@
 # Hatchway — build, demo and test on Debian 12 (as root).
 #   make demo   build and install the .deb, start everything, log in over SSH
-#   make test   build the .deb, run the packaging tests, install it, run the unit
-#               and end-to-end tests, then the Kubernetes backend against a real
-#               cluster (make k8s-test)
+#   make test   lint, build the .deb (its build runs the unit tests, once), run
+#               the packaging tests, install it, run the end-to-end tests, then
+#               the Kubernetes backend against a real cluster (make k8s-test)
+#   make lint   pyflakes, and no comment citing a file that is not here
 #   make deb    just the package: dist/hatchway_<version>_all.deb
 #   make package-test   the .deb in clean Debian 12/13 roots and under systemd
 
@@ -17,10 +18,17 @@ LOCK    := flock -o /run/lock/hatchway-e2e.lock
 # this host, so without the lock.
 PACKAGE_TEST := $(PYTHON) -m pytest -q -rfE tests/package $(PACKAGE_TEST_ARGS)
 
-.PHONY: deps deb install demo test unit e2e k8s-test package-test bench clean
+.PHONY: deps lint deb install demo test unit e2e k8s-test package-test bench clean
+
+# Everything Python of ours, the extensionless entry points included.
+LINTED := hatchway tests keyhelper/hatchway-keys shim/hatchway-shell shim/hatchwayd packaging/bin/hatchway
 
 deps:
 	tests/setup/deps
+
+lint: deps
+	pyflakes3 $(LINTED)
+	$(PYTHON) tests/lint/cited_paths.py
 
 deb: deps
 	tests/setup/build-deb
@@ -48,9 +56,11 @@ k8s-test:
 package-test: deb
 	$(PACKAGE_TEST)
 
-test: deb
+# The unit tests run inside the package build (pybuild, debian/rules), so
+# first and once; `make unit` runs them alone from the work tree.
+test: lint deb
 	$(PACKAGE_TEST)
-	$(LOCK) $(MAKE) --no-print-directory install unit e2e
+	$(LOCK) $(MAKE) --no-print-directory install e2e
 	$(MAKE) --no-print-directory k8s-test
 
 # Benchmarks print ratios against floors measured in the same run; see tests/bench/run.py.

@@ -2,7 +2,8 @@
 
 sshd needs a passwd entry before it even asks the key helper, so every
 Hatchway user has one, built so that nothing the user controls is ever read on
-the host (notes/openssh.md §3):
+the host (Debian's bash, built with SSH_SOURCE_BASHRC, reads ~/.bashrc before
+the ForceCommand, and Debian's PAM stack reads ~/.pam_environment):
 
   - group hatchway-users (which is what the sshd Match keys on), no other
     privileged group;
@@ -15,100 +16,32 @@ the host (notes/openssh.md §3):
 
 from __future__ import annotations
 
-import grp
 import os
 import pwd
-import re
 import signal
 import subprocess
 import time
 from typing import Callable
 
-USERS_GROUP = "hatchway-users"
+from hatchway.core import fsutil, identity
+from hatchway.core.errors import HatchwayError
+from hatchway.core.identity import GROUP
+
 HOMES = "/var/lib/hatchway/homes"
-# Debian's adduser default NAME_REGEX (^[a-z][-a-z0-9_]*\$?$) without the
-# trailing `$` of machine accounts; 32 is useradd's limit.
-NAME = re.compile(r"^[a-z][-a-z0-9_]{0,31}$")
-ADDUSER_CONF = "/etc/adduser.conf"
-# Names that must never become container users even before such an account
-# exists on this host (names of existing accounts are refused anyway).
-RESERVED = {"root", "hatchway", "hatchway-keys", "hatchway-webhook", "hatchway-users", "docker",
-            "sshd", "nobody", "daemon", "admin", "sudo", "wheel", "staff", "adm", "operator",
-            "systemd-network", "systemd-resolve", "messagebus", "www-data", "backup", "mail"}
 
 
-class AccountError(Exception):
+class AccountError(HatchwayError):
     pass
-
-
-def check_name(name: str) -> None:
-    """Debian's rules for a user name, plus the host's own NAME_REGEX if set."""
-    if not NAME.fullmatch(name):
-        shown = name if name.isprintable() and len(name) <= 40 else "(unprintable or too long)"
-        raise AccountError(f"invalid user name {shown!r}: use lower-case letters, digits, '-' "
-                           "and '_', starting with a letter, at most 32 characters")
-    if name in RESERVED:
-        raise AccountError(f"user name {name!r} is reserved")
-    local = _local_name_regex()
-    if local is not None and not local.search(name):
-        raise AccountError(f"user name {name!r} does not match NAME_REGEX in {ADDUSER_CONF}")
-
-
-def _local_name_regex():
-    """NAME_REGEX from adduser.conf, if the admin set one Python can read."""
-    try:
-        with open(ADDUSER_CONF, encoding="utf-8") as f:
-            text = f.read()
-    except (OSError, UnicodeDecodeError):
-        return None
-    m = re.search(r'^\s*NAME_REGEX\s*=\s*"?(.*?)"?\s*$', text, re.M)
-    if not m:
-        return None
-    try:
-        return re.compile(m.group(1))
-    except re.error:
-        return None
-
-
-def check_free(name: str) -> None:
-    """The name must not collide with an account or group that is not ours."""
-    try:
-        pwd.getpwnam(name)
-        exists = True
-    except KeyError:
-        exists = False
-    if exists:
-        if not is_member(name):
-            raise AccountError(f"{name} is an existing account that is not a Hatchway user; "
-                               "pick another name")
-        return
-    try:
-        grp.getgrnam(name)
-    except KeyError:
-        return
-    raise AccountError(f"a group named {name} already exists; pick another name")
-
-
-def is_member(name: str) -> bool:
-    try:
-        pw = pwd.getpwnam(name)
-        group = grp.getgrnam(USERS_GROUP)
-    except KeyError:
-        return False
-    return pw.pw_gid == group.gr_gid or name in group.gr_mem
 
 
 def create(name: str) -> bool:
     """Create the account, or adopt an existing one only if it is already ours.
     True if it was created now."""
-    check_name(name)
-    try:
-        grp.getgrnam(USERS_GROUP)
-    except KeyError:
-        raise AccountError(f"group {USERS_GROUP} does not exist (is the package installed?)") \
-            from None
-    check_free(name)
-    if is_member(name):
+    identity.check_name(name)
+    if identity.group_id() is None:
+        raise AccountError(f"group {GROUP} does not exist (is the package installed?)")
+    identity.check_free(name)
+    if identity.is_member_name(name):
         # adopted: undo the expiry an interrupted `users remove` may have set
         run(["usermod", "--expiredate", "", name])
         return False
@@ -118,7 +51,7 @@ def create(name: str) -> bool:
     os.chown(home, 0, 0)
     os.chmod(home, 0o755)
     run(["useradd", "--no-create-home", "--home-dir", home, "--shell", "/bin/sh",
-         "--user-group", "--groups", USERS_GROUP, "--password", "*",
+         "--user-group", "--groups", GROUP, "--password", "*",
          "--comment", "Hatchway container user", name])
     return True
 
@@ -138,7 +71,7 @@ def remove(name: str, end_sessions: Callable[[str], object] | None = None,
         pw = pwd.getpwnam(name)
     except KeyError:
         return False
-    if not is_member(name):
+    if not identity.is_member(pw):
         raise AccountError(f"{name} is not a Hatchway user; not removing it")
     run(["usermod", "--expiredate", "1", name])
     if end_sessions is not None:
@@ -155,20 +88,8 @@ def remove(name: str, end_sessions: Callable[[str], object] | None = None,
 
 
 def _processes_of(uid: int) -> list[int]:
-    pids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/status", encoding="ascii", errors="replace") as f:
-                for line in f:
-                    if line.startswith("Uid:"):
-                        if uid in (int(x) for x in line.split()[1:]):
-                            pids.append(int(entry))
-                        break
-        except OSError:
-            continue
-    return pids
+    return [int(entry) for entry in os.listdir("/proc")
+            if entry.isdigit() and uid in (fsutil.proc_uids(int(entry)) or ())]
 
 
 def _stop_processes(uid: int, grace: float) -> None:

@@ -15,18 +15,20 @@ from __future__ import annotations
 import contextlib
 import difflib
 import fcntl
-import grp
 import os
 import pwd
 import re
 import signal
 import subprocess
 
+from hatchway.core import fsutil, identity
+from hatchway.core.errors import HatchwayError
+from hatchway.core.identity import GROUP
+
 TEMPLATE = "/usr/share/hatchway/sshd_config.d/10-hatchway.conf"
 TARGET = "/etc/ssh/sshd_config.d/10-hatchway.conf"
 SHELL = "/usr/lib/hatchway/hatchway-shell"
 KEYS = "/usr/lib/hatchway/hatchway-keys"
-GROUP = "hatchway-users"
 SSHD = "/usr/sbin/sshd"
 LOCK = "/run/lock/hatchway-sshd.lock"
 # sshd -T costs ~30 ms a user; beyond this many members, check a sample.
@@ -37,10 +39,10 @@ OUTSIDERS = ("root", "nobody")
 MULTI = {"acceptenv"}
 # The file names enable/disable use next to the drop-in: none ends in .conf,
 # so sshd's `Include /etc/ssh/sshd_config.d/*.conf` never reads them.
-NEW, DISABLED, SAVED = ".hatchway-new", ".hatchway-disabled", ".hatchway-saved"
+DISABLED, SAVED = ".hatchway-disabled", ".hatchway-saved"
 
 
-class SnippetError(Exception):
+class SnippetError(HatchwayError):
     pass
 
 
@@ -138,15 +140,6 @@ def effective(user: str) -> dict[str, list[str]]:
     return out
 
 
-def members() -> list[str]:
-    try:
-        g = grp.getgrnam(GROUP)
-    except KeyError:
-        return []
-    names = set(g.gr_mem) | {p.pw_name for p in pwd.getpwall() if p.pw_gid == g.gr_gid}
-    return sorted(names)
-
-
 def _mismatches(want: list[tuple[str, str]], got: dict[str, list[str]]) -> list[str]:
     bad = []
     for key, value in want:
@@ -180,7 +173,7 @@ def verify(text: str) -> list[str]:
             raise SnippetError(f"Hatchway's hooks apply to {user}, who is not in {GROUP}: "
                                "the Match is broken")
     want = directives(text)
-    found = members()
+    found = identity.members()
     if not found:
         notes.append(f"no member of {GROUP} yet, so sshd could not show the drop-in applying "
                      "to members; `hatchway check` does once there is one")
@@ -268,14 +261,8 @@ def _read(path: str) -> str | None:
 
 
 def _write(path: str, text: str) -> None:
-    """Atomically: sshd (or a concurrent reader) sees the old file or the new."""
-    tmp = path + NEW
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+    """sshd (or a concurrent reader) sees the old file or the new."""
+    fsutil.atomic_write(path, text.encode(), 0o644, durable=True)
 
 
 def _restore(target: str, previous: str | None) -> None:
@@ -338,7 +325,7 @@ def disable(target: str = TARGET) -> list[str]:
             raise SnippetError(f"{e}; the drop-in was put back") from None
         os.unlink(aside)
     notes = [note, f"removed {target}"]
-    if members():
+    if identity.members():
         notes.append(f"members of {GROUP} are no longer sent to containers; with no password "
                      "and root-owned homes they cannot log in at all, unless you give them keys")
     return notes

@@ -1,9 +1,12 @@
 """What a container backend must provide, and nothing more.
 
-The session code (hatchway/daemon/session.py, hatchway/daemon/relay.py) only ever talks to these two
-classes, so Docker and Kubernetes are interchangeable behind them: a backend
-turns a SessionSpec into a running Process; a Process is a byte pipe with a
-size, a way to be signalled, an exit status and a guaranteed end.
+The daemon (daemon/session.py, daemon/relay.py) and the admin command only
+ever talk to these classes, so Docker and Kubernetes are interchangeable
+behind them: a backend turns a SessionSpec into a running Process, lists and
+removes what sessions left on the engine, and says whether it can work at
+all; a Process is a byte pipe with a size, a way to be signalled, an exit
+status and a guaranteed end.  backends/registry.py says how a backend is
+found; tests/contract holds the behaviour every backend must show.
 """
 
 from __future__ import annotations
@@ -11,9 +14,20 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
+from hatchway.core.errors import HatchwayError
 
-class BackendError(Exception):
+
+class BackendError(HatchwayError):
     """The session cannot be started; the message is shown to the user as is."""
+    code = 255
+
+
+class EngineError(HatchwayError):
+    """A container engine's API answered with an error (`status` 0: no answer)."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
 
 
 @dataclass
@@ -29,7 +43,7 @@ class SessionSpec:
     size: tuple[int, int] | None   # rows, cols
     env: dict[str, str]            # already filtered by the allowlist
     remote_address: str
-    config: dict                   # effective config: file, templates, webhook, policy
+    config: object                 # the typed Config: file, groups, templates, webhook, policy
     labels: dict[str, str] = field(default_factory=dict)
 
 
@@ -73,12 +87,46 @@ class Process(ABC):
         """Make sure nothing of this session survives.  Idempotent; never raises."""
 
 
+@dataclass
+class Found:
+    """A session's container or pod, as the engine lists it."""
+    name: str                      # what people see and remove() takes: container id, pod name
+    labels: dict[str, str]         # labels.py's, the owner token included
+    state: str                     # the engine's own word: running, exited, Pending, ...
+    going: bool = False            # already being removed (a pod with a deletionTimestamp)
+
+
 class Backend(ABC):
+    """One engine, with the daemon-wide part of the config (where the engine
+    is); what a session's container looks like comes with each SessionSpec."""
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+
     @abstractmethod
     def start(self, spec: SessionSpec) -> Process:
         """Create, attach and start; raises BackendError with a user-facing line."""
 
     @abstractmethod
+    def list(self, user: str | None = None) -> list[Found]:
+        """This host's session containers (labels.selector), of `user` if given.
+        Raises BackendError when the engine cannot be asked."""
+
+    @abstractmethod
+    def remove(self, found: Found) -> bool:
+        """End it now: whatever runs in it is killed.  True once it is gone or going."""
+
+    @abstractmethod
+    def check(self) -> tuple[list[str], list[str]]:
+        """For `hatchway check`: (problems, notes), one line each."""
+
     def reap(self, is_alive) -> list[str]:
-        """Remove what sessions left behind; `is_alive(labels)` says which to keep.
-        Returns the names of what was removed."""
+        """Remove what sessions left behind: everything `is_alive(labels)`
+        does not claim.  Returns the names of what was removed."""
+        removed = []
+        for found in self.list():
+            if not found.going and is_alive(found.labels):
+                continue
+            if self.remove(found):
+                removed.append(found.name)
+        return removed

@@ -61,3 +61,17 @@ def for_session(user: str, session_id: str, connection_id: str, mode: str,
                 owner_pid: int) -> dict[str, str]:
     return {MANAGED: "true", USER: user, SESSION: session_id, CONNECTION: connection_id,
             MODE: mode, HOST: host_id(), PROCESS: process_token(owner_pid)}
+
+
+def owner_alive(labels: dict[str, str]) -> bool:
+    """What the reaper asks of every session container: is its owner alive?"""
+    return process_alive(labels.get(PROCESS, ""))
+
+
+def selector(user: str | None = None) -> dict[str, str]:
+    """The labels that pick this host's session containers (of one user): a
+    container engine may serve several hosts, each reaping only its own."""
+    out = {MANAGED: "true", HOST: host_id()}
+    if user is not None:
+        out[USER] = user
+    return out

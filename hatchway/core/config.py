@@ -1,21 +1,32 @@
 """Loading and validating /etc/hatchway/hatchway.yaml.
 
-Both halves of Hatchway read the same file: the key helper needs the `auth`
-section, the daemon everything else.  The schema below is the one place that
-says which keys exist, their types and their defaults; every error names the
-file, the line and the dotted key so an admin can fix it without guessing.
+Every part of Hatchway reads the same file: the key helper its `auth`
+section, the daemon everything else.  Each section is declared once, as a
+class (`@section`): its attributes are the schema (type, default, extra
+check), and the class is what the daemon reads once a session's
+configuration is resolved: a frozen dataclass, so `cfg.session.mode`, never
+`cfg["session"]["mode"]`.  Backends declare their own sections in their own
+folders (backends/<name>/settings.py); `schema()` puts them in, under the
+names backends/registry.py gives.
+
+A config exists in two forms, on purpose: the validated mapping that load()
+returns, which `groups:` entries, templates and the config webhook are merged
+into (daemon/resolve.py), and the typed Config that build() makes of it for
+everything downstream.  Every error names the file, the line and the dotted
+key, so an admin can fix it without guessing.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import re
 
 from .errors import ConfigError  # noqa: F401  (defined apart, see errors.py)
 
-# Plain classes and no `typing` at run time: `dataclasses` (with inspect, ast,
-# dis) and `typing` cost ~10 ms to import, and hatchway-keys imports this module
-# whenever the config changed.  Annotations stay strings (__future__).
+# No `typing` at run time: it costs hatchway-keys (which imports this module
+# whenever the config changed) a few ms more.  Annotations stay strings
+# (__future__).
 
 DEFAULT_PATH = "/etc/hatchway/hatchway.yaml"
 
@@ -30,7 +41,7 @@ _SIZE_UNITS = {"": 1, "b": 1, "k": 1000, "m": 1000**2, "g": 1000**3, "t": 1000**
                "ki": 1024, "mi": 1024**2, "gi": 1024**3, "ti": 1024**4}
 
 
-def parse_duration(value: Any) -> float:
+def parse_duration(value: object) -> float:
     """`5s`, `500ms`, `2m`, `1h` or a bare number of seconds -> seconds."""
     if isinstance(value, bool):
         raise ValueError("expected a duration like 5s or 500ms")
@@ -44,7 +55,7 @@ def parse_duration(value: Any) -> float:
     return float(m.group(1)) * _DURATION_UNITS[m.group(2)]
 
 
-def parse_size(value: Any) -> int:
+def parse_size(value: object) -> int:
     """`512m`, `2g`, `1Gi` or a bare number of bytes -> bytes."""
     if isinstance(value, bool):
         raise ValueError("expected a size like 512m or 2g")
@@ -63,8 +74,8 @@ class T:
     """One typed leaf of the schema."""
     __slots__ = ("kind", "default", "choices", "item", "check", "doc")
 
-    def __init__(self, kind: str, default: Any = None, choices: tuple = (),
-                 item: "T | None" = None, check: "Callable[[Any], Any] | None" = None,
+    def __init__(self, kind: str, default: object = None, choices: tuple = (),
+                 item: "T | None" = None, check=None,
                  doc: str = ""):
         self.kind = kind           # str int float bool duration size enum list map any
         self.default = default
@@ -75,45 +86,133 @@ class T:
 
 
 class S:
-    """A section: a mapping with a fixed set of keys."""
-    __slots__ = ("fields", "open")
+    """A section: a mapping with a fixed set of keys (and, when declared with
+    @section, the class its values are built into)."""
+    __slots__ = ("fields", "open", "typed")
 
-    def __init__(self, fields: "dict[str, T | S] | None" = None, open: bool = False):
+    def __init__(self, fields: "dict[str, T | S | M] | None" = None, open: bool = False,
+                 typed: type | None = None):
         self.fields = {} if fields is None else fields
         self.open = open           # unknown keys allowed (passed through as-is)
+        self.typed = typed
+
+    def only(self, keys) -> "S":
+        """The same section restricted to `keys` (what a group or webhook may set)."""
+        return S({k: v for k, v in self.fields.items() if k in keys})
+
+    def without(self, keys) -> "S":
+        return S({k: v for k, v in self.fields.items() if k not in keys})
 
 
 class M:
     """A mapping from free-form names (e.g. group names) to sections."""
     __slots__ = ("item", "default")
 
-    def __init__(self, item: S, default: Any = None):
+    def __init__(self, item: S, default: object = None):
         self.item = item
         self.default = {} if default is None else default
 
 
-def _url(value: str) -> str:
+class Sub:
+    """A nested section inside a @section class: `subsystems: Subsystems = Sub(Subsystems)`."""
+    __slots__ = ("cls",)
+
+    def __init__(self, cls: type):
+        self.cls = cls
+
+
+def section(cls: type) -> type:
+    """Make `cls` a config section: its T/Sub/M attributes, in order, become
+    its schema (`cls.SCHEMA`), and the class a frozen dataclass of them."""
+    fields = {}
+    for name, value in list(vars(cls).items()):
+        if isinstance(value, T) or isinstance(value, M):
+            fields[name] = value
+        elif isinstance(value, Sub):
+            fields[name] = value.cls.SCHEMA
+        else:
+            continue
+        delattr(cls, name)          # a field, not a dataclass default: build() gives all
+    cls = dataclasses.dataclass(frozen=True)(cls)
+    cls.SCHEMA = S(fields, typed=cls)
+    return cls
+
+
+def build(schema: "S | T | M", value):
+    """The typed form of a validated value: @section classes for sections,
+    the value itself for everything else."""
+    if isinstance(schema, S) and schema.typed is not None:
+        value = value or {}
+        return schema.typed(**{k: build(sub, value.get(k)) for k, sub in schema.fields.items()})
+    return value
+
+
+def check_url(value: str) -> str:
     if not re.match(r"^https?://[^\s/]+", value):
         raise ValueError(f"expected an http:// or https:// URL, got {value!r}")
     return value.rstrip("/")
 
 
-def _abs_path(value: str) -> str:
+def check_path(value: str) -> str:
     if not value.startswith("/"):
         raise ValueError(f"expected an absolute path, got {value!r}")
     return value
 
 
-def _docker_host(value: str) -> str:
-    if not re.match(r"^(unix://|tcp://)", value):
-        raise ValueError(f"expected unix:///path or tcp://host:port, got {value!r}")
-    return value
-
-
-def _nonempty_argv(value: list) -> list:
+def check_argv(value: list) -> list:
     if not value:
         raise ValueError("expected a non-empty command list")
     return value
+
+
+PATH = lambda d=None: T("str", d, check=check_path)    # noqa: E731
+
+
+# --------------------------------------------------------------------------
+# the sections every backend shares
+
+@section
+class AuthWebhook:
+    url: str = T("str", "http://127.0.0.1:8642", check=check_url)
+    timeout: float = T("duration", 5.0, doc="total deadline of one key check")
+    request_timeout: float = T("duration", 2.0)
+    ca_file: str | None = PATH()
+    cert_file: str | None = PATH()
+    key_file: str | None = PATH()
+    token_file: str | None = PATH()
+    max_body: int = T("size", 65536)
+
+
+@section
+class AuthCache:
+    ttl: float = T("duration", 10.0)
+    stale_if_error: float = T("duration", 0.0)
+    dir: str = PATH("/var/cache/hatchway-keys")
+
+
+@section
+class Auth:
+    webhook: AuthWebhook = Sub(AuthWebhook)
+    cache: AuthCache = Sub(AuthCache)
+
+
+@section
+class ConfigWebhook:
+    url: str | None = T("str", None, check=check_url)
+    timeout: float = T("duration", 10.0)
+    request_timeout: float = T("duration", 5.0)
+    ca_file: str | None = PATH()
+    cert_file: str | None = PATH()
+    key_file: str | None = PATH()
+    token_file: str | None = PATH()
+    max_body: int = T("size", 1 << 20)
+
+
+@section
+class Daemon:
+    socket: str = PATH("/run/hatchway/hatchwayd.sock")
+    reap_interval: float = T("duration", 60.0)
+    hello_timeout: float = T("duration", 10.0)
 
 
 def _mode(value: str) -> str:
@@ -123,183 +222,79 @@ def _mode(value: str) -> str:
     return value
 
 
-def _mounts(value: list) -> list:
-    """Normalise `SRC:DST[:ro]` strings and {source,target,read_only,type}
-    mappings to Docker's Mounts objects (checked again by the policy)."""
-    out = []
-    for i, m in enumerate(value):
-        if isinstance(m, str):
-            parts = m.split(":")
-            if len(parts) not in (2, 3) or (len(parts) == 3 and parts[2] not in ("ro", "rw")):
-                raise ValueError(f"[{i}]: expected SOURCE:TARGET[:ro], got {m!r}")
-            m = {"source": parts[0], "target": parts[1], "read_only": parts[2:] == ["ro"]}
-        if not isinstance(m, dict):
-            raise ValueError(f"[{i}]: expected SOURCE:TARGET[:ro] or a mapping")
-        low = {str(k).lower().replace("_", ""): v for k, v in m.items()}
-        unknown = set(low) - {"source", "target", "readonly", "type"}
-        if unknown:
-            raise ValueError(f"[{i}]: unknown mount keys {', '.join(sorted(unknown))}")
-        kind = low.get("type", "bind")
-        src, dst, ro = low.get("source"), low.get("target"), low.get("readonly", False)
-        if kind not in ("bind", "volume"):
-            raise ValueError(f"[{i}]: mount type must be bind or volume (use docker.tmpfs)")
-        if not isinstance(src, str) or not src or not isinstance(dst, str) \
-                or not dst.startswith("/") or not isinstance(ro, bool):
-            raise ValueError(f"[{i}]: a mount needs a source, an absolute target "
-                             "and a boolean read_only")
-        if kind == "bind" and not src.startswith("/"):
-            raise ValueError(f"[{i}]: a bind mount source must be an absolute path")
-        out.append({"Type": kind, "Source": src, "Target": dst, "ReadOnly": ro})
-    return out
+@section
+class Subsystems:
+    sftp: list = T("list", ["/usr/lib/openssh/sftp-server"], item=T("str"))
 
 
-STR = lambda d=None, **k: T("str", d, **k)            # noqa: E731
-PATH = lambda d=None: T("str", d, check=_abs_path)    # noqa: E731
-
-# What a container looks like; also what `groups` entries and the config
-# webhook may override (the latter only where the policy allows).
-DOCKER = S({
-    "host": T("str", "unix:///var/run/docker.sock", check=_docker_host),
-    "ca_file": PATH(),
-    "cert_file": PATH(),
-    "key_file": PATH(),
-    "image": T("str", "hatchway/demo:latest"),
-    "pull": T("enum", "IfNotPresent", choices=("IfNotPresent", "Always", "Never")),
-    "user": T("str", None),
-    "workdir": T("str", None),
-    "hostname": T("str", None),
-    "env": T("map", {}, item=T("str")),
-    "network": T("str", None),
-    "read_only": T("bool", False),
-    "tmpfs": T("map", {}, item=T("str")),
-    "mounts": T("list", [], item=T("any"), check=_mounts),
-    "memory": T("size", None),
-    "cpus": T("float", None),
-    "pids_limit": T("int", None),
-    "privileged": T("bool", False),
-    "cap_add": T("list", [], item=T("str")),
-    "cap_drop": T("list", [], item=T("str")),
-    "devices": T("list", [], item=T("str")),
-    "pid_mode": T("str", None),
-    "ipc_mode": T("str", None),
-    "start_timeout": T("duration", 60.0),
-})
-
-def _pod_spec(value: dict) -> dict:
-    """A PodSpec as Kubernetes' JSON/YAML spells it (checked by the policy and by
-    the apiserver); only its shape is checked here."""
-    containers = value.get("containers", [])
-    if not isinstance(containers, list) or not all(isinstance(c, dict) for c in containers):
-        raise ValueError("containers: expected a list of container mappings")
-    return value
+@section
+class Session:
+    mode: str = T("str", "session", check=_mode)
+    shell: list = T("list", ["/bin/sh"], item=T("str"), check=check_argv)
+    subsystems: Subsystems = Sub(Subsystems)
+    host_sftp_commands: list = T("list", ["/usr/lib/openssh/sftp-server", "internal-sftp"],
+                                 item=T("str"))
+    env_allow: list = T("list", ["LANG", "LC_*", "GIT_PROTOCOL"], item=T("str"))
+    stop_grace: float = T("duration", 1.0, doc="after a hangup: SIGHUP, then removal")
 
 
-# Where sessions run when `backend: kubernetes`; see hatchway.yaml(5).
-KUBERNETES = S({
-    # connection: a kubeconfig file, the pod's service account (in_cluster), or
-    # server + ca_file + token_file / cert_file + key_file
-    "kubeconfig": PATH(),
-    "context": T("str", None),
-    "in_cluster": T("bool", False),
-    "server": T("str", None, check=_url),
-    "ca_file": PATH(),
-    "token_file": PATH(),
-    "cert_file": PATH(),
-    "key_file": PATH(),
-    "namespace": T("str", "default"),
-    "image": T("str", None, doc="the session container's image; overrides the pod template's"),
-    "pod": T("map", {}, item=T("any"), check=_pod_spec, doc="PodSpec template"),
-    "container": T("str", None, doc="the container sessions run in; default the first"),
-    "idle_command": T("list", ["/bin/sh", "-c", "while :; do sleep 3600; done"],
-                      item=T("str"), check=_nonempty_argv),
-    "service_account_token": T("bool", False),
-    "start_timeout": T("duration", 60.0),
-})
-
-SESSION = S({
-    "mode": T("str", "session", check=_mode),
-    "shell": T("list", ["/bin/sh"], item=T("str"), check=_nonempty_argv),
-    "subsystems": S({
-        "sftp": T("list", ["/usr/lib/openssh/sftp-server"], item=T("str")),
-    }),
-    "host_sftp_commands": T("list", ["/usr/lib/openssh/sftp-server", "internal-sftp"],
-                            item=T("str")),
-    "env_allow": T("list", ["LANG", "LC_*", "GIT_PROTOCOL"], item=T("str")),
-    "stop_grace": T("duration", 1.0, doc="after a hangup: SIGHUP, then removal"),
-})
-
-# A group may change what its members' containers look like, not where the
-# daemon finds Docker.
-DOCKER_OVERRIDE = S({k: v for k, v in DOCKER.fields.items()
-                     if k not in ("host", "ca_file", "cert_file", "key_file")})
-# The namespace stays the daemon's: the reaper looks for orphans there.
-KUBERNETES_OVERRIDE = S({k: v for k, v in KUBERNETES.fields.items()
-                         if k in ("image", "pod", "container", "idle_command",
-                                  "service_account_token", "start_timeout")})
-SESSION_OVERRIDE = S({k: v for k, v in SESSION.fields.items()
-                      if k not in ("host_sftp_commands", "stop_grace")})
+# What a `groups:` entry or the config webhook may not change in `session`.
+SESSION_DAEMON_WIDE = ("host_sftp_commands", "stop_grace")
+# What the config webhook may set by default, besides each backend's list.
+WEBHOOK_MAY_SET = ["session.shell", "session.subsystems"]
 
 
-SCHEMA = S({
-    "auth": S({
-        "webhook": S({
-            "url": T("str", "http://127.0.0.1:8642", check=_url),
-            "timeout": T("duration", 5.0, doc="total deadline of one key check"),
-            "request_timeout": T("duration", 2.0),
-            "ca_file": PATH(),
-            "cert_file": PATH(),
-            "key_file": PATH(),
-            "token_file": PATH(),
-            "max_body": T("size", 65536),
-        }),
-        "cache": S({
-            "ttl": T("duration", 10.0),
-            "stale_if_error": T("duration", 0.0),
-            "dir": PATH("/var/cache/hatchway-keys"),
-        }),
-    }),
-    "config_webhook": S({
-        "url": T("str", None, check=_url),
-        "timeout": T("duration", 10.0),
-        "request_timeout": T("duration", 5.0),
-        "ca_file": PATH(),
-        "cert_file": PATH(),
-        "key_file": PATH(),
-        "token_file": PATH(),
-        "max_body": T("size", 1 << 20),
-    }),
-    "backend": T("enum", "docker", choices=("docker", "kubernetes")),
-    "daemon": S({
-        "socket": PATH("/run/hatchway/hatchwayd.sock"),
-        "reap_interval": T("duration", 60.0),
-        "hello_timeout": T("duration", 10.0),
-    }),
-    "docker": DOCKER,
-    "kubernetes": KUBERNETES,
-    "session": SESSION,
-    "groups": M(S({"docker": DOCKER_OVERRIDE, "kubernetes": KUBERNETES_OVERRIDE,
-                   "session": SESSION_OVERRIDE})),
-    "policy": S({
-        "webhook_may_set": T("list", ["docker.image", "docker.env", "docker.user",
-                                      "docker.workdir", "docker.mounts", "docker.tmpfs",
-                                      "docker.read_only", "docker.memory", "docker.cpus",
-                                      "docker.pids_limit", "kubernetes.image",
-                                      "kubernetes.pod", "session.shell",
-                                      "session.subsystems"],
-                             item=T("str")),
-        "mount_prefixes": T("list", [], item=T("str")),
-        "allow_privileged": T("bool", False),
-        "allow_host_namespaces": T("bool", False),
-        "allow_capabilities": T("list", [], item=T("str")),
-        "allow_devices": T("bool", False),
-        "max_memory": T("size", None),
-        "max_cpus": T("float", None),
-        "max_pids": T("int", None),
-    }),
-    "log": S({
-        "level": T("enum", "info", choices=("debug", "info", "warning", "error")),
-    }),
-})
+@section
+class Policy:
+    webhook_may_set: list = T("list", None, item=T("str"))   # default: see schema()
+    mount_prefixes: list = T("list", [], item=T("str"))
+    allow_privileged: bool = T("bool", False)
+    allow_host_namespaces: bool = T("bool", False)
+    allow_capabilities: list = T("list", [], item=T("str"))
+    allow_devices: bool = T("bool", False)
+    max_memory: int | None = T("size", None)
+    max_cpus: float | None = T("float", None)
+    max_pids: int | None = T("int", None)
+
+
+@section
+class Log:
+    level: str = T("enum", "info", choices=("debug", "info", "warning", "error"))
+
+
+_SCHEMA: list = []
+
+
+def schema() -> S:
+    """The whole file: the shared sections and one section per registered
+    backend, each under its registry name.  Built once per process."""
+    if _SCHEMA:
+        return _SCHEMA[0]
+    from hatchway.backends import registry
+    backends = {name: registry.settings(name) for name in registry.BACKENDS}
+    may_set = WEBHOOK_MAY_SET + [f"{name}.{k}" for name, mod in backends.items()
+                                 for k in mod.WEBHOOK_MAY_SET]
+    policy = S(dict(Policy.SCHEMA.fields, webhook_may_set=T("list", may_set, item=T("str"))),
+               typed=Policy)
+    group = S({"session": Session.SCHEMA.without(SESSION_DAEMON_WIDE),
+               **{name: mod.Settings.SCHEMA.without(mod.DAEMON_WIDE)
+                  for name, mod in backends.items()}})
+    fields = {
+        "auth": Auth.SCHEMA,
+        "config_webhook": ConfigWebhook.SCHEMA,
+        "backend": T("enum", "docker", choices=tuple(backends)),
+        "daemon": Daemon.SCHEMA,
+        **{name: mod.Settings.SCHEMA for name, mod in backends.items()},
+        "session": Session.SCHEMA,
+        "groups": M(group),
+        "policy": policy,
+        "log": Log.SCHEMA,
+    }
+    # The whole config, typed: Config(auth=Auth(...), docker=DockerSettings(...), ...)
+    typed = dataclasses.make_dataclass("Config", list(fields), frozen=True)
+    typed.__doc__ = "hatchway.yaml, resolved and typed: one attribute per section."
+    _SCHEMA.append(S(fields, typed=typed))
+    return _SCHEMA[0]
 
 
 # --------------------------------------------------------------------------
@@ -311,7 +306,7 @@ def _yaml():
     return yaml
 
 
-def _convert(node, schema, path: str, fname: str) -> Any:
+def _convert(node, schema, path: str, fname: str) -> object:
     """Turn a yaml node into a Python value checked against `schema`."""
     yaml = _yaml()
     line = node.start_mark.line + 1
@@ -326,7 +321,7 @@ def _convert(node, schema, path: str, fname: str) -> Any:
     if isinstance(schema, M):
         if not isinstance(node, yaml.MappingNode):
             fail("expected a mapping of names")
-        named: dict[str, Any] = {}
+        named: dict[str, object] = {}
         for knode, vnode in node.value:
             key = str(knode.value)
             if key in named:
@@ -338,7 +333,7 @@ def _convert(node, schema, path: str, fname: str) -> Any:
     if isinstance(schema, S):
         if not isinstance(node, yaml.MappingNode):
             fail("expected a mapping of keys")
-        out: dict[str, Any] = {}
+        out: dict[str, object] = {}
         for knode, vnode in node.value:
             key = knode.value if isinstance(knode, yaml.ScalarNode) else None
             sub = f"{path}.{key}" if path else str(key)
@@ -363,7 +358,7 @@ def _convert(node, schema, path: str, fname: str) -> Any:
     return value
 
 
-def coerce(t: T, value: Any, path: str = "") -> Any:
+def coerce(t: T, value: object, path: str = "") -> object:
     """Check one value against a leaf type; raises ValueError with a short reason."""
     if value is None:
         return None
@@ -403,13 +398,13 @@ def coerce(t: T, value: Any, path: str = "") -> Any:
     return value
 
 
-def _kind(value: Any) -> str:
+def _kind(value: object) -> str:
     return {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
             list: "a list", dict: "a mapping", type(None): "nothing"}.get(type(value),
                                                                          type(value).__name__)
 
 
-def _plain(node) -> Any:
+def _plain(node) -> object:
     """A yaml node as plain Python data (safe types only)."""
     yaml = _yaml()
     loader = yaml.SafeLoader("")
@@ -419,29 +414,33 @@ def _plain(node) -> Any:
         loader.dispose()
 
 
-def defaults(schema: S | T | M = SCHEMA) -> Any:
-    if isinstance(schema, S):
-        return {k: defaults(v) for k, v in schema.fields.items()}
-    return copy.deepcopy(schema.default)
+def defaults(spec: "S | T | M | None" = None):
+    """The value of `spec` (a section, a leaf; default: the whole file) when
+    nothing is given."""
+    spec = schema() if spec is None else spec
+    if isinstance(spec, S):
+        return {k: defaults(v) for k, v in spec.fields.items()}
+    return copy.deepcopy(spec.default)
 
 
-def validate(data: Any, schema: S | T = SCHEMA, path: str = "") -> Any:
+def validate(data: object, spec: "S | T | M | None" = None, path: str = "") -> object:
     """Check a partial config that did not come from YAML (the config webhook's,
     translated); raises ValueError naming the dotted key."""
-    if isinstance(schema, S):
+    spec = schema() if spec is None else spec
+    if isinstance(spec, S):
         if not isinstance(data, dict):
             raise ValueError(f"{path or 'config'}: expected a mapping")
         out = {}
         for k, v in data.items():
             sub = f"{path}.{k}" if path else k
-            if k not in schema.fields:
+            if k not in spec.fields:
                 raise ValueError(f"{sub}: unknown key")
-            out[k] = validate(v, schema.fields[k], sub)
+            out[k] = validate(v, spec.fields[k], sub)
         return out
-    if isinstance(schema, M):
+    if isinstance(spec, M):
         raise ValueError(f"{path}: cannot be set here")
     try:
-        return coerce(schema, data, path)
+        return coerce(spec, data, path)
     except ValueError as e:
         raise ValueError(f"{path}: {e}") from None
 
@@ -468,8 +467,13 @@ def load_text(text: str, fname: str = "<config>") -> dict:
         raise ConfigError(f"{fname}:{line}: not valid YAML: {problem}") from None
     if node is None:
         return defaults()
-    given = _convert(node, SCHEMA, "", fname)
+    given = _convert(node, schema(), "", fname)
     return merge(defaults(), given)
+
+
+def typed(cfg: dict):
+    """The typed Config of a validated (and possibly merged) mapping."""
+    return build(schema(), cfg)
 
 
 def load(path: str = DEFAULT_PATH) -> dict:

@@ -1,10 +1,29 @@
-"""Exceptions and results shared by the key helper's modules, apart from the
-modules that produce them, so that hatchway-keys can catch and build them
-without importing the config schema or the HTTP client on every run."""
+"""The errors Hatchway shows people, and the key helper's decision.
+
+Apart from the modules that raise them, so that hatchway-keys can catch and
+build them without importing the config schema or the HTTP client on every
+run."""
 
 
-class ConfigError(Exception):
+class HatchwayError(Exception):
+    """What went wrong, for a person: `message` is one line fit for whoever
+    caused it (an SSH user sees it as `hatchway: <message>`, an admin as the
+    command's error); `log_reason` is what the log says, which may name what
+    the person must not see (host paths, engine errors); `code` is the exit
+    status it ends with (255 for a session that never ran, as ssh does)."""
+    code = 1
+
+    def __init__(self, message: str, log_reason: str | None = None, code: int | None = None):
+        super().__init__(message)
+        self.message = message
+        self.log_reason = log_reason or message
+        if code is not None:
+            self.code = code
+
+
+class ConfigError(HatchwayError):
     """A config problem, already phrased as `file:line: key: what is wrong`."""
+    code = 2
 
 
 class Decision:

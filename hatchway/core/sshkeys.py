@@ -8,6 +8,7 @@ in one place with one clear reason.
 from __future__ import annotations
 
 from .digest import sha256
+from .errors import HatchwayError
 
 import base64
 import binascii
@@ -31,7 +32,7 @@ _B64 = re.compile(r"^[A-Za-z0-9+/]+={0,2}$")
 _MAX_BLOB = 16 * 1024
 
 
-class BadKey(ValueError):
+class BadKey(HatchwayError, ValueError):
     """A key that cannot be used, with a one-line reason."""
 
 

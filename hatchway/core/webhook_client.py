@@ -19,10 +19,10 @@ import re
 import time
 
 from . import http11
-from .errors import Decision  # noqa: F401  (re-exported)
+from .errors import Decision, HatchwayError  # noqa: F401  (Decision: re-exported)
 
 
-class WebhookError(Exception):
+class WebhookError(HatchwayError):
     """The webhook could not give an answer (as opposed to answering no)."""
 
 

@@ -12,15 +12,16 @@ import shlex
 SH = "/bin/sh"
 
 
-def plan(command: bytes | None, session_cfg: dict) -> tuple[str, list[str]]:
+def plan(command: bytes | None, session_cfg) -> tuple[str, list[str]]:
+    """`session_cfg`: the typed `session` settings."""
     if command is None:
-        return "shell", list(session_cfg["shell"])
+        return "shell", list(session_cfg.shell)
     try:
         text = command.decode("utf-8")
     except UnicodeDecodeError:
         return "exec", [SH, "-c", _rebuild_bytes(command)]
-    if text.strip() in session_cfg["host_sftp_commands"]:
-        return "subsystem", sftp_argv(session_cfg["subsystems"]["sftp"])
+    if text.strip() in session_cfg.host_sftp_commands:
+        return "subsystem", sftp_argv(session_cfg.subsystems.sftp)
     return "exec", [SH, "-c", text]
 
 

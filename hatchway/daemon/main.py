@@ -13,6 +13,7 @@ container whose owning session process no longer exists (see labels.py).
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import os
 import signal
@@ -21,9 +22,8 @@ import stat
 import sys
 import time
 
-from hatchway import backends
-from hatchway.backends import labels
-from hatchway.core import config as config_mod
+from hatchway.backends import labels, registry
+from hatchway.core import config as config_mod, fsutil
 
 
 log = logging.getLogger("hatchwayd")
@@ -55,15 +55,14 @@ def listen(path: str) -> socket.socket:
     return s
 
 
-def run_reaper(cfg: dict) -> None:
+def run_reaper(cfg) -> None:
     """Fork a short-lived process that removes orphaned containers."""
     pid = os.fork()
     if pid:
         return
     try:
         os.setsid()
-        removed = backends.make(cfg).reap(lambda lab: labels.process_alive(lab.get(labels.PROCESS, "")))
-        for name in removed:
+        for name in registry.make(cfg).reap(labels.owner_alive):
             log.info("reaper removed %s (its session process is gone)", name)
     except Exception as e:  # never let a reaper failure escape into a traceback loop
         log.error("reaper failed: %s", e)
@@ -71,7 +70,7 @@ def run_reaper(cfg: dict) -> None:
         os._exit(0)
 
 
-def serve_session(conn: socket.socket, cfg: dict) -> None:
+def serve_session(conn: socket.socket, cfg) -> None:
     """Body of a forked session process."""
     os.setsid()
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
@@ -92,34 +91,37 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--config", default=config_mod.DEFAULT_PATH)
     args = ap.parse_args(argv)
     try:
-        cfg = config_mod.load(args.config)
+        cfg = config_mod.typed(config_mod.load(args.config))
     except config_mod.ConfigError as e:
         print(f"hatchwayd: {e}", file=sys.stderr)
         return 2
-    setup_logging(cfg["log"]["level"])
+    setup_logging(cfg.log.level)
 
     # Imported now, before any fork, so every session process shares them and
     # a package upgrade that swaps .py files cannot bite a session mid-way.
-    from . import session, relay  # noqa: F401
+    for module in ("hatchway.daemon.session", "hatchway.daemon.relay"):
+        importlib.import_module(module)
+    for name in registry.BACKENDS:
+        registry.policy(name), registry.containerssh(name)
     from hatchway.backends.base import BackendError
     try:
-        backends.make(cfg)      # also loads the Kubernetes connection once, for every fork
+        registry.make(cfg)      # also loads the Kubernetes connection once, for every fork
     except BackendError as e:
         print(f"hatchwayd: {e}", file=sys.stderr)
         return 2
 
-    sock_path = cfg["daemon"]["socket"]
+    sock_path = cfg.daemon.socket
     server = listen(sock_path)
     pid_path = os.path.join(os.path.dirname(sock_path), "hatchwayd.pid")
     _write_pid(pid_path)
-    log.info("listening on %s (backend %s)", sock_path, cfg["backend"])
+    log.info("listening on %s (backend %s)", sock_path, cfg.backend)
 
     stopping = []
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
     signal.signal(signal.SIGINT, lambda *_: stopping.append(1))
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
 
-    interval = cfg["daemon"]["reap_interval"]
+    interval = cfg.daemon.reap_interval
     run_reaper(cfg)
     next_reap = time.monotonic() + interval
     server.settimeout(1.0)
@@ -163,10 +165,7 @@ def _write_pid(path: str) -> None:
     """The main process's pid, for tools that must stop it and not the sessions
     (which run the same program)."""
     try:
-        tmp = f"{path}.{os.getpid()}"
-        with open(tmp, "w", encoding="ascii") as f:
-            f.write(f"{os.getpid()}\n")
-        os.replace(tmp, path)
+        fsutil.atomic_write(path, f"{os.getpid()}\n".encode(), 0o644)
     except OSError as e:
         log.warning("cannot write %s: %s", path, e)
 

@@ -9,7 +9,6 @@ by that user (all three fds), or three pipes.
 from __future__ import annotations
 
 import array
-import grp
 import os
 import pwd
 import socket
@@ -17,22 +16,17 @@ import stat
 import struct
 import time
 
-from hatchway.core import connection
+from hatchway.core import connection, fsutil, identity
+from hatchway.core.errors import HatchwayError
 from hatchway.shell import MAX_FRAME, VERSION, FrameReader
 
 
-USERS_GROUP = "hatchway-users"
 PTY_MAJORS = range(136, 144)      # Unix98 pty slaves
 
 
-class Refused(Exception):
+class Refused(HatchwayError):
     """This connection is refused.  `message` is safe to show the peer."""
-
-    def __init__(self, message: str, log_reason: str | None = None, code: int = 255):
-        super().__init__(message)
-        self.message = message
-        self.log_reason = log_reason or message
-        self.code = code
+    code = 255
 
 
 def peercred(conn: socket.socket) -> tuple[int, int, int]:
@@ -124,13 +118,11 @@ def account(uid: int) -> pwd.struct_passwd:
         pw = pwd.getpwuid(uid)
     except KeyError:
         raise Refused("you have no account here", f"uid {uid} has no passwd entry") from None
-    try:
-        group = grp.getgrnam(USERS_GROUP)
-    except KeyError:
-        raise Refused("Hatchway is not set up on this host (no hatchway-users group)",
-                      "group hatchway-users missing") from None
-    if pw.pw_gid != group.gr_gid and pw.pw_name not in group.gr_mem:
-        raise Refused("you are not a Hatchway user", f"{pw.pw_name} not in {USERS_GROUP}")
+    if identity.group_id() is None:
+        raise Refused(f"Hatchway is not set up on this host (no {identity.GROUP} group)",
+                      f"group {identity.GROUP} missing")
+    if not identity.is_member(pw):
+        raise Refused("you are not a Hatchway user", f"{pw.pw_name} not in {identity.GROUP}")
     return pw
 
 
@@ -143,22 +135,11 @@ def sshd_monitor(pid: int) -> int | None:
             comm, ppid, _ = connection.proc_stat(pid)
         except (OSError, ValueError, IndexError):
             return None
-        if comm == "sshd" and _real_uid(pid) == 0:
+        if comm == "sshd" and (fsutil.proc_uids(pid) or (None,))[0] == 0:
             return pid
         if ppid <= 1:
             return None
         pid = ppid
-    return None
-
-
-def _real_uid(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as f:
-            for line in f:
-                if line.startswith("Uid:"):
-                    return int(line.split()[1])
-    except (OSError, ValueError, IndexError):
-        pass
     return None
 
 

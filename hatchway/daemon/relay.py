@@ -20,7 +20,6 @@ import os
 import select
 import socket
 import threading
-import time
 from dataclasses import dataclass
 
 from hatchway.backends.base import ExitStatus, Process

@@ -4,24 +4,28 @@
       + `groups:` entries for the groups the user is in (in file order)
       + templates filled in ({user}, {uid}, {gid}, {group})
       + the config webhook's answer (ContainerSSH shape), fields allowed by the policy
-      → the admin's policy (hatchway/daemon/policy.py)
+      → the admin's policy (daemon/policy.py)
+      → the typed Config the session and its backend read
 
-Called once per session, after the user is identified and before anything is
-created.  Any failure refuses the session with one line for the user: there
-is no silent fallback to a configuration nobody asked for.
+Merging happens on the validated mappings (core/config.py); only the result
+is typed.  Called once per session, after the user is identified and before
+anything is created.  Any failure refuses the session with one line for the
+user: there is no silent fallback to a configuration nobody asked for.
 """
 
 from __future__ import annotations
 
-import copy
+import dataclasses
 import grp
 import logging
 import os
 import pwd
 import re
 
+from hatchway.backends import registry
 from hatchway.core import config as config_mod
 from hatchway.core import http11
+from hatchway.core.errors import HatchwayError
 from hatchway.core.webhook_client import WebhookError, fetch_config
 
 from . import containerssh as containerssh_config, policy
@@ -31,9 +35,10 @@ log = logging.getLogger("hatchwayd")
 TEMPLATE = re.compile(r"\{(user|uid|gid|group)\}")
 
 
-class ConfigRefused(Exception):
+class ConfigRefused(HatchwayError):
     """This session's configuration is not allowed or not available; the message
     is one line for the user (and the log)."""
+    code = 255
 
 
 def user_groups(user: str, gid: int) -> list[str]:
@@ -56,29 +61,30 @@ def fill_templates(value, ctx: dict):
     return value
 
 
-def effective_config(base: dict, *, user: str, uid: int, remote_address: str,
-                     connection_id: str) -> dict:
+def effective_config(base, *, user: str, uid: int, remote_address: str,
+                     connection_id: str):
+    """The daemon's typed Config in, this session's typed Config out."""
     if "/" in user or user in (".", ".."):
         raise ConfigRefused("this user name cannot be used in a container configuration")
     pw = pwd.getpwuid(uid)
     groups = user_groups(user, pw.pw_gid)
-    cfg = copy.deepcopy(base)
-    for name, override in base.get("groups", {}).items():
+    cfg = dataclasses.asdict(base)      # a deep copy, as mappings to merge into
+    for name, override in base.groups.items():
         if name in groups:
             cfg = config_mod.merge(cfg, override)
 
     ctx = {"user": user, "uid": str(uid), "gid": str(pw.pw_gid),
            "group": groups[0] if groups else str(pw.pw_gid)}
-    for section in ("docker", "kubernetes", "session"):
+    for section in ("session", *registry.BACKENDS):
         cfg[section] = fill_templates(cfg[section], ctx)
 
     webhook_mounts = []
     if cfg["config_webhook"]["url"]:
         part = _ask_webhook(cfg, user, remote_address, connection_id)
-        webhook_mounts = part.get("docker", {}).get("mounts", [])
+        webhook_mounts = part.get(cfg["backend"], {}).get("mounts", [])
         cfg = config_mod.merge(cfg, part)
     try:
-        return policy.check(cfg, webhook_mounts)
+        return config_mod.typed(policy.check(cfg, webhook_mounts))
     except policy.Violation as e:
         raise ConfigRefused(str(e)) from None
 

@@ -14,9 +14,9 @@ import os
 import socket
 import time
 
-from hatchway import backends
-from hatchway.backends import labels
+from hatchway.backends import labels, registry
 from hatchway.backends.base import BackendError, SessionSpec
+from hatchway.core.errors import HatchwayError
 from hatchway.shell import pack
 
 from . import commands, peer, resolve, sftp_fallback, terminal
@@ -57,7 +57,9 @@ def remote_address(ssh_connection) -> str:
 
 
 class Session:
-    def __init__(self, conn: socket.socket, cfg: dict):
+    def __init__(self, conn: socket.socket, cfg):
+        """`cfg`: the daemon's typed Config (before this user's groups,
+        templates and config webhook)."""
         self.conn = conn
         self.cfg = cfg
         self.fds: list[int] = []
@@ -74,7 +76,7 @@ class Session:
         pid, uid, _ = peer.peercred(self.conn)
         try:
             spec, reader, pending = self._accept(pid, uid)
-        except peer.Refused as r:
+        except HatchwayError as r:          # who, what, or the configuration: refused
             log.warning("refused pid=%d uid=%d: %s", pid, uid, r.log_reason)
             self.reply({"type": "error", "message": r.message, "code": r.code})
             return
@@ -83,16 +85,17 @@ class Session:
                  spec.user, spec.session_id, spec.connection_id, spec.kind,
                  "yes" if spec.pty else "no", spec.remote_address)
         try:
-            proc = backends.make(spec.config).start(spec)
+            proc = registry.make(spec.config).start(spec)
         except BackendError as e:
-            log.warning("session failed user=%s session=%s: %s", spec.user, spec.session_id, e)
-            self.reply({"type": "error", "message": str(e), "code": 255})
+            log.warning("session failed user=%s session=%s: %s", spec.user, spec.session_id,
+                        e.log_reason)
+            self.reply({"type": "error", "message": e.message, "code": e.code})
             return
         if spec.kind == "subsystem":
             proc = sftp_fallback.Watch(proc)    # an image without an sftp server
 
         relay = Relay(proc, self.fds, spec.pty, self.conn, reader, pending,
-                      spec.config["session"]["stop_grace"])
+                      spec.config.session.stop_grace)
         outcome = None
         try:
             outcome = relay.run()
@@ -114,7 +117,7 @@ class Session:
             relay.close()
             log.info("session end user=%s session=%s container=%s mode=%s duration=%.1fs "
                      "exit=%s hangup=%s bytes_in=%d bytes_out=%d",
-                     spec.user, spec.session_id, proc.id, spec.config["session"]["mode"],
+                     spec.user, spec.session_id, proc.id, spec.config.session.mode,
                      time.monotonic() - started,
                      outcome.status.code if outcome else "crash",
                      "yes" if outcome and outcome.hangup else "no",
@@ -124,7 +127,7 @@ class Session:
         """Identify, validate, and turn the hello into a SessionSpec."""
         pw = peer.account(uid)
         hello, self.fds, reader, pending = peer.receive_hello(
-            self.conn, self.cfg["daemon"]["hello_timeout"])
+            self.conn, self.cfg.daemon.hello_timeout)
         self.conn.settimeout(None)
         pty = hello.get("pty") is True
         peer.check_fds(self.fds, uid, pty)
@@ -139,23 +142,20 @@ class Session:
 
         conn_id = peer.connection_id(pid)
         remote = remote_address(hello.get("ssh_connection"))
-        try:
-            cfg = resolve.effective_config(self.cfg, user=pw.pw_name, uid=uid,
-                                           remote_address=remote, connection_id=conn_id)
-        except resolve.ConfigRefused as e:
-            raise peer.Refused(str(e), f"config: {e}") from None
-        kind, argv = commands.plan(command, cfg["session"])
+        cfg = resolve.effective_config(self.cfg, user=pw.pw_name, uid=uid,
+                                       remote_address=remote, connection_id=conn_id)
+        kind, argv = commands.plan(command, cfg.session)
         term = hello.get("term") if pty and isinstance(hello.get("term"), str) else None
         size = terminal.size(self.fds[0]) if pty else None
         spec = SessionSpec(
             user=pw.pw_name, uid=uid, session_id=self.session_id, connection_id=conn_id,
             kind=kind, argv=argv, pty=pty, term=term, size=size,
-            env=filter_env(hello.get("env"), cfg["session"]["env_allow"]),
+            env=filter_env(hello.get("env"), cfg.session.env_allow),
             remote_address=remote,
             config=cfg,
         )
         spec.labels = labels.for_session(spec.user, spec.session_id, conn_id,
-                                         cfg["session"]["mode"], os.getpid())
+                                         cfg.session.mode, os.getpid())
         return spec, reader, pending
 
     def _close_fds(self) -> None:

@@ -15,15 +15,15 @@ from __future__ import annotations
 import json
 import os
 
+from hatchway.core import fsutil
 from hatchway.core.digest import sha256
 from hatchway.core.errors import ConfigError
 
 DEFAULT_DIR = "/var/cache/hatchway-keys"
 CONFIG_PATH = "/etc/hatchway/hatchway.yaml"     # = config.DEFAULT_PATH, without importing it
-# The schema module, by file: importing it costs the helper ~2 ms, and it is
+# The schema, by its files: importing it costs the helper a few ms, and it is
 # needed only when the YAML has to be parsed again.
-SCHEMA_FILE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                           "core", "config.py")
+PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NAME = "config.json"
 
 
@@ -37,9 +37,21 @@ def private_dir(path: str) -> bool:
         and not st.st_mode & 0o077
 
 
+def schema_files() -> list[str]:
+    """Every file the schema is made of: the shared sections, the backend
+    registry and each backend's own section."""
+    backends = os.path.join(PACKAGE, "backends")
+    files = [os.path.join(PACKAGE, "core", "config.py"), os.path.join(backends, "registry.py")]
+    for name in sorted(os.listdir(backends)):
+        path = os.path.join(backends, name, "settings.py")
+        if os.path.isfile(path):
+            files.append(path)
+    return files
+
+
 def _schema_id() -> list:
-    st = os.stat(SCHEMA_FILE)
-    return [st.st_ino, st.st_size, st.st_mtime_ns]
+    return [[st.st_ino, st.st_size, st.st_mtime_ns]
+            for st in map(os.stat, schema_files())]
 
 
 def load_auth(path: str, state_dir: str = DEFAULT_DIR) -> tuple[dict, bool]:
@@ -75,14 +87,7 @@ def load_auth(path: str, state_dir: str = DEFAULT_DIR) -> tuple[dict, bool]:
 
 
 def _store(path: str, entry: dict) -> None:
-    tmp = f"{path}.{os.getpid()}"
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(entry, f)
-        os.replace(tmp, path)
+        fsutil.atomic_write(path, json.dumps(entry).encode(), 0o600)
     except (OSError, TypeError, ValueError):
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+        pass

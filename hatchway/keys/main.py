@@ -26,7 +26,7 @@ import time
 # Only what every call needs: the HTTP client (with socket, threading,
 # urllib) is imported on a cache miss only, the config schema (and PyYAML)
 # only when the config changed (compiled_config.py).
-from hatchway.core import connection, sshkeys
+from hatchway.core import connection, fsutil, sshkeys
 from hatchway.core.digest import sha256
 from hatchway.core.errors import ConfigError, Decision
 
@@ -102,18 +102,11 @@ class Cache:
     def put(self, user: str, fp: str, options: list[str]) -> None:
         if not self.usable:
             return
-        path = self._path(user, fp)
-        tmp = f"{path}.{os.getpid()}"
+        entry = {"t": time.time(), "user": user, "fp": fp, "options": options}
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump({"t": time.time(), "user": user, "fp": fp, "options": options}, f)
-            os.replace(tmp, path)
+            fsutil.atomic_write(self._path(user, fp), json.dumps(entry).encode(), 0o600)
         except OSError:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
+            pass
 
     def drop(self, user: str, fp: str) -> None:
         if not self.usable:

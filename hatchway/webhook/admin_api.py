@@ -28,14 +28,7 @@ from urllib.parse import quote, unquote
 from hatchway.core import sshkeys
 
 from . import token as admin_token
-from .store import Store, StoreError
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, message: str, headers: dict | None = None):
-        super().__init__(message)
-        self.status = status
-        self.headers = headers or {}
+from .store import Refused, Store
 
 
 def handle(store: Store, method: str, path: str, headers, body: bytes) -> tuple[int, object, dict]:
@@ -43,17 +36,15 @@ def handle(store: Store, method: str, path: str, headers, body: bytes) -> tuple[
     try:
         why = admin_token.check(store, headers.get("Authorization"))
         if why:
-            raise ApiError(401, why, {"WWW-Authenticate": 'Bearer realm="hatchway"'})
+            raise Refused(why, 401, {"WWW-Authenticate": 'Bearer realm="hatchway"'})
         route, args = _route(path)
         allowed = ROUTES[route]
         if method not in allowed:
-            raise ApiError(405, f"{method} is not allowed on {route}",
-                           {"Allow": ", ".join(sorted(allowed))})
+            raise Refused(f"{method} is not allowed on {route}", 405,
+                          {"Allow": ", ".join(sorted(allowed))})
         return allowed[method](store, *args, _decode(body, method))
-    except ApiError as e:
+    except Refused as e:
         return e.status, {"error": str(e)}, e.headers
-    except StoreError as e:
-        return e.status, {"error": str(e)}, {}
 
 
 def _route(path: str) -> tuple[str, list[str]]:
@@ -73,7 +64,7 @@ def _route(path: str) -> tuple[str, list[str]]:
             return "/v1/users/{name}/" + rest[1], rest[:1]
         if len(rest) == 3 and rest[1] == "keys":
             return "/v1/users/{name}/keys/{fingerprint}", [rest[0], rest[2]]
-    raise ApiError(404, f"no such resource {path[:100]}")
+    raise Refused(f"no such resource {path[:100]}", 404)
 
 
 def _decode(body: bytes, method: str):
@@ -82,29 +73,29 @@ def _decode(body: bytes, method: str):
     try:
         data = json.loads(body.decode("utf-8")) if body.strip() else None
     except (UnicodeDecodeError, ValueError):
-        raise ApiError(400, "the request body is not JSON") from None
+        raise Refused("the request body is not JSON", 400) from None
     if not isinstance(data, dict):
-        raise ApiError(400, "the request body must be a JSON object")
+        raise Refused("the request body must be a JSON object", 400)
     return data
 
 
 def _fields(body: dict, required: set[str], optional: set[str]) -> dict:
     unknown = sorted(set(body) - required - optional)
     if unknown:
-        raise ApiError(400, f"unknown field {unknown[0][:40]!r}")
+        raise Refused(f"unknown field {unknown[0][:40]!r}", 400)
     missing = sorted(required - set(body))
     if missing:
-        raise ApiError(400, f"missing field {missing[0]!r}")
+        raise Refused(f"missing field {missing[0]!r}", 400)
     return body
 
 
 def _key(line) -> sshkeys.PublicKey:
     if not isinstance(line, str):
-        raise ApiError(400, "a key must be a string: '<type> <base64> [comment]'")
+        raise Refused("a key must be a string: '<type> <base64> [comment]'", 400)
     try:
         return sshkeys.parse_text(line)
     except sshkeys.BadKey as e:
-        raise ApiError(400, f"bad key: {e}") from None
+        raise Refused(f"bad key: {e}", 400) from None
 
 
 # ------------------------------------------------------------------ operations
@@ -117,7 +108,7 @@ def create_user(store, body):
     _fields(body, {"name"}, {"image", "keys"})
     keys = body.get("keys") or []
     if not isinstance(keys, list):
-        raise ApiError(400, "'keys' must be a list of public keys")
+        raise Refused("'keys' must be a list of public keys", 400)
     user = store.add_user(body["name"], body.get("image"), [_key(k) for k in keys])
     return 201, user, {"Location": f"/v1/users/{user['name']}"}
 
@@ -135,7 +126,7 @@ def update_user(store, name, body):
 
 def delete_user(store, name, _body):
     if not store.remove_user(name):
-        raise ApiError(404, f"no such user {name}")
+        raise Refused(f"no such user {name}", 404)
     return 204, None, {}
 
 

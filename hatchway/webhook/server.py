@@ -34,7 +34,7 @@ from urllib.parse import urlsplit
 from hatchway.core import sshkeys
 
 from . import admin_api
-from .store import Store
+from .store import Refused, Store
 
 log = logging.getLogger("hatchway-webhook")
 
@@ -42,12 +42,6 @@ DEFAULT_LISTEN = "127.0.0.1:8642"   # = the default auth.webhook.url (hatchway/c
 MAX_REQUEST = 64 * 1024             # a /pubkey request is < 2 KiB, an RSA-16384 key < 3 KiB
 CLIENT_TIMEOUT = 10.0               # seconds a client may stall mid-request or idle between
 MAX_CONNECTIONS = 256               # past this, new connections are closed at once
-
-
-class BadRequest(Exception):
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -95,19 +89,19 @@ class Handler(BaseHTTPRequestHandler):
         the connection unusable, so every refusal here also closes it."""
         if "Transfer-Encoding" in self.headers:
             self.close_connection = True
-            raise BadRequest(411, "send a Content-Length, not a chunked body")
+            raise Refused("send a Content-Length, not a chunked body", 411)
         raw = self.headers.get("Content-Length", "0")
         if not raw.strip().isdigit():
             self.close_connection = True
-            raise BadRequest(400, "bad Content-Length")
+            raise Refused("bad Content-Length", 400)
         n = int(raw)
         if n > MAX_REQUEST:
             self.close_connection = True
-            raise BadRequest(413, f"request body over {MAX_REQUEST} bytes")
+            raise Refused(f"request body over {MAX_REQUEST} bytes", 413)
         data = self.rfile.read(n) if n else b""
         if len(data) != n:
             self.close_connection = True
-            raise BadRequest(400, "request body ended early")
+            raise Refused("request body ended early", 400)
         return data
 
     def _dispatch(self, method: str) -> None:
@@ -125,7 +119,7 @@ class Handler(BaseHTTPRequestHandler):
             route = {"/pubkey": self.pubkey, "/password": self.password,
                      "/config": self.config}.get(path.rstrip("/"))
             if route is None:
-                raise BadRequest(404, "not found")
+                raise Refused("not found", 404)
             if method != "POST":
                 self._send(405, {"error": f"{path} takes POST"}, {"Allow": "POST"})
                 return
@@ -134,9 +128,9 @@ class Handler(BaseHTTPRequestHandler):
             except (UnicodeDecodeError, ValueError):
                 data = None
             if not isinstance(data, dict):
-                raise BadRequest(400, "expected a JSON object")
+                raise Refused("expected a JSON object", 400)
             route(data)
-        except BadRequest as e:
+        except Refused as e:
             self._send(e.status, {"error": str(e)})
         except (ConnectionError, socket.timeout):
             self.close_connection = True

@@ -23,8 +23,8 @@ import sqlite3
 import time
 from contextlib import contextmanager
 
-from hatchway.admin import accounts
-from hatchway.core import sshkeys
+from hatchway.core import identity, sshkeys
+from hatchway.core.errors import HatchwayError
 
 DEFAULT_PATH = "/var/lib/hatchway/webhook/keys.db"
 SCHEMA_VERSION = 1
@@ -63,9 +63,20 @@ _SCRYPT = {"n": 2 ** 14, "r": 8, "p": 1}
 MAX_PASSWORD = 1024
 
 
-class StoreError(Exception):
-    """Refused input or state, phrased as one line for an admin."""
+class Refused(HatchwayError):
+    """A request the webhook refuses, with the HTTP status (and headers) it
+    answers; one line for the admin or the client."""
     status = 400
+
+    def __init__(self, message: str, status: int | None = None, headers: dict | None = None):
+        super().__init__(message)
+        if status is not None:
+            self.status = status
+        self.headers = headers or {}
+
+
+class StoreError(Refused):
+    """Refused input or state of the store (the CLI and the REST API alike)."""
 
 
 class NotFound(StoreError):
@@ -87,9 +98,9 @@ def check_user_name(name) -> str:
     if not isinstance(name, str):
         raise StoreError("user name must be a string")
     try:
-        accounts.check_name(name)
-        accounts.check_free(name)
-    except accounts.AccountError as e:
+        identity.check_name(name)
+        identity.check_free(name)
+    except identity.NameRefused as e:
         raise StoreError(str(e)) from None
     return name
 
@@ -273,7 +284,7 @@ class Store:
             "COUNT(k.id) AS keys FROM users u LEFT JOIN keys k ON k.user = u.name "
             f"{where} GROUP BY u.name ORDER BY u.name", args).fetchall()
         return [{"name": r["name"], "image": r["image"], "keys": r["keys"],
-                 "password": bool(r["password"]), "account": accounts.is_member(r["name"]),
+                 "password": bool(r["password"]), "account": identity.is_member_name(r["name"]),
                  "created": _iso(r["created"])} for r in rows]
 
     # -- keys

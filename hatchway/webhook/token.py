@@ -19,6 +19,9 @@ import hmac
 import os
 import secrets
 
+from hatchway.core import fsutil
+from hatchway.core.errors import HatchwayError
+
 from .store import Store
 
 DEFAULT_FILE = "/etc/hatchway/admin-token"
@@ -26,7 +29,7 @@ SETTING = "admin_token_sha256"
 PREFIX = "hwa_"
 
 
-class TokenError(Exception):
+class TokenError(HatchwayError):
     pass
 
 
@@ -51,20 +54,7 @@ def _read(path: str) -> str:
 def _write(path: str, token: str) -> None:
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, mode=0o755, exist_ok=True)
-    tmp = f"{path}.new.{os.getpid()}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    try:
-        with os.fdopen(fd, "w", encoding="ascii") as f:
-            f.write(token + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    fsutil.atomic_write(path, (token + "\n").encode("ascii"), 0o600, durable=True)
 
 
 def ensure(store: Store, path: str = DEFAULT_FILE, rotate: bool = False) -> str:

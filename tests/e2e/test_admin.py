@@ -55,7 +55,7 @@ def test_users_add_makes_a_container_user_who_logs_in(hw, users):
     out = cli(hw, "users", "add", "dora", "--key", f"{key}.pub").stdout
     assert out == f"added user dora with key {fingerprint(f'{key}.pub')}\n"
 
-    # the account notes/openssh.md §3 asks for
+    # the account admin/accounts.py describes: nothing the user controls is read on the host
     pw = pwd.getpwnam("dora")
     assert pw.pw_shell == "/bin/sh"
     assert pw.pw_dir == "/var/lib/hatchway/homes/dora"

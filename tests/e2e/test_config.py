@@ -99,7 +99,7 @@ def test_webhook_sets_image_env_mounts_and_limits(hw, webhook, tree):
 
 
 def test_containerssh_documented_answer_works_unchanged(hw, webhook):
-    # the reply exactly as ContainerSSH documents it (notes/containerssh.md §2.2)
+    # the reply exactly as ContainerSSH documents it (its config webhook reference)
     webhook.configs["alice"] = {"backend": "docker", "docker": {"execution": {
         "container": {"image": ALT_IMAGE}, "mode": "connection"}}}
     use_webhook(hw, webhook)

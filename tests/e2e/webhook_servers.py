@@ -1,7 +1,7 @@
 """Real HTTP webhook servers on loopback for the tests (unit and end-to-end).
 
 `ContainerSSHServer` behaves the way ContainerSSH's reference server does
-(notes/containerssh.md §2.1, §7; ContainerSSH `internal/auth/handler_impl.go`,
+(ContainerSSH `internal/auth/handler_impl.go`,
 `http/handler_impl.go`, `metadata/connection.go`):
   - it routes on the last path segment only (`pubkey`, `password`, `authz`,
     `config`); anything else is a bare 404 with an empty body;

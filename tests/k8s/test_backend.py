@@ -17,7 +17,7 @@ import pytest
 from hatchway.core import config
 from hatchway.backends import labels
 from hatchway.backends.base import BackendError, SessionSpec
-from hatchway.backends.kubernetes.api import ApiError
+from hatchway.backends.kubernetes.api import KubernetesError
 from hatchway.backends.kubernetes.backend import KubernetesBackend
 
 GATEWAY = "10.244.0.1"      # the test cluster's pod bridge: pods reach this host here
@@ -35,7 +35,7 @@ def cfg(cluster):
 
 @pytest.fixture
 def backend(cfg):
-    b = KubernetesBackend(cfg)
+    b = KubernetesBackend(config.typed(cfg))
     yield b
     # nothing of any test may stay behind
     end = time.monotonic() + 30
@@ -54,7 +54,7 @@ def spec(cfg, argv, pty=False, size=(30, 100), owner=None):
     sid = os.urandom(16).hex()
     s = SessionSpec(user="alice", uid=1000, session_id=sid, connection_id="c", kind="exec",
                     argv=argv, pty=pty, term="xterm" if pty else None, size=size if pty else None,
-                    env={"LANG": "C.UTF-8"}, remote_address="127.0.0.1:1", config=cfg)
+                    env={"LANG": "C.UTF-8"}, remote_address="127.0.0.1:1", config=config.typed(cfg))
     s.labels = labels.for_session("alice", sid, "c", "session", os.getpid())
     if owner is not None:
         s.labels[labels.PROCESS] = owner
@@ -219,17 +219,17 @@ def test_explicit_server_ca_and_token(backend, cfg, tmp_path):
     c = copy.deepcopy(cfg)
     c["kubernetes"].update(kubeconfig=None, server="https://127.0.0.1:16443",
                            ca_file="/run/hatchway-k8s/pki/ca.crt", token_file=str(token))
-    st, out = sh(KubernetesBackend(c), c, "echo via-token")
+    st, out = sh(KubernetesBackend(config.typed(c)), c, "echo via-token")
     assert (st.code, out[1]) == (0, b"via-token\n")
     token.write_text("wrong\n")
     with pytest.raises(BackendError, match="cannot create the pod"):
-        KubernetesBackend(c).start(spec(c, ["true"]))
+        KubernetesBackend(config.typed(c)).start(spec(c, ["true"]))
 
 
 def test_api_errors_name_the_status(cfg):
     c = copy.deepcopy(cfg)
     c["kubernetes"].update(kubeconfig=None, server="https://127.0.0.1:16443",
                            ca_file="/run/hatchway-k8s/pki/ca.crt")
-    with pytest.raises(ApiError) as e:
-        KubernetesBackend(c).api.call("GET", "/api/v1/namespaces/default/pods")
+    with pytest.raises(KubernetesError) as e:
+        KubernetesBackend(config.typed(c)).api.call("GET", "/api/v1/namespaces/default/pods")
     assert e.value.status in (401, 403)

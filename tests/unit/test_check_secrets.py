@@ -6,7 +6,7 @@ import pwd
 
 import pytest
 
-from hatchway.admin.main import _secret_problems
+from hatchway.admin.check_cmd import _secret_problems
 
 ROOT = os.geteuid() == 0
 HELPER = "nobody"          # stands in for hatchway-keys: any account will do

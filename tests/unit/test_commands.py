@@ -1,8 +1,12 @@
 import subprocess
 
 from hatchway.daemon import commands
-SESSION = {"shell": ["/bin/sh"], "host_sftp_commands": ["/usr/lib/openssh/sftp-server", "internal-sftp"],
-           "subsystems": {"sftp": ["/usr/lib/openssh/sftp-server", "/usr/libexec/sftp-server"]}}
+
+from .typed import section
+
+SESSION = section("session", shell=["/bin/sh"],
+                  host_sftp_commands=["/usr/lib/openssh/sftp-server", "internal-sftp"],
+                  subsystems={"sftp": ["/usr/lib/openssh/sftp-server", "/usr/libexec/sftp-server"]})
 
 
 def test_unset_command_is_the_shell():
@@ -20,7 +24,7 @@ def test_host_sftp_command_line_maps_to_the_container_server():
 
 
 def test_no_sftp_server_gives_one_clear_line():
-    kind, argv = commands.plan(b"internal-sftp", dict(SESSION, subsystems={"sftp": ["/nope/sftp"]}))
+    kind, argv = commands.plan(b"internal-sftp", section("session", subsystems={"sftp": ["/nope/sftp"]}))
     p = subprocess.run(argv, capture_output=True, text=True)
     assert p.returncode == 127
     # on stdout, where hatchway/daemon/sftp_fallback.py finds it (sshd drops a subsystem's stderr)

@@ -108,8 +108,17 @@ def test_a_corrupt_copy_is_ignored_and_replaced(cfg, state, garbage):
     assert json.load(open(path))["auth"] == good
 
 
-def test_the_fast_path_knows_the_schemas_file_and_default():
-    assert compiled_config.SCHEMA_FILE == os.path.abspath(config.__file__)
+def test_the_fast_path_knows_the_schemas_files_and_default():
+    """Every module the schema is made of is among the files whose change
+    makes the helper parse the YAML again."""
+    import sys
+
+    from hatchway.backends import registry
+    config.schema()
+    made_of = {os.path.abspath(config.__file__), os.path.abspath(registry.__file__)}
+    made_of |= {os.path.abspath(sys.modules[registry.BACKENDS[n] + ".settings"].__file__)
+                for n in registry.BACKENDS}
+    assert made_of == set(compiled_config.schema_files())
     assert compiled_config.CONFIG_PATH == config.DEFAULT_PATH
 
 

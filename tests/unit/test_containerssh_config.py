@@ -8,7 +8,7 @@ from tests import contract
 
 
 def test_the_documented_example_answer():
-    # notes/containerssh.md §2.2: the documented reply, verbatim
+    # ContainerSSH's config webhook reference: the documented reply, verbatim
     reply = {"config": {"backend": "docker", "docker": {"execution": {
         "container": {"image": "registry.example/guest:1"}, "mode": "connection"}}}}
     out = config.validate(translate(reply["config"]))

@@ -11,9 +11,10 @@ import pytest
 from websocket import ABNF
 
 from hatchway.backends.kubernetes import channel as ch
-from hatchway.backends.kubernetes.api import Api, ApiError
+from hatchway.backends.kubernetes.api import Api, KubernetesError
 
 from .k8s_fake_exec import FakeExecServer
+from .typed import section
 
 
 @pytest.fixture
@@ -25,7 +26,7 @@ def server(request):
 
 
 def exec_(server, argv, stdin=True):
-    api = Api({"server": server.url})
+    api = Api(section("kubernetes", server=server.url))
     ws = api.exec_socket("ns", "pod", "c", argv, stdin=stdin, stdout=True, stderr=True,
                          tty=False, timeout=10)
     ws.settimeout(10)           # a broken exchange fails the test instead of hanging it
@@ -61,7 +62,7 @@ def test_a_v4_server_is_spoken_to_in_v4(server):
 
 @pytest.mark.parametrize("server", [(("channel.k8s.io",),)], indirect=True)
 def test_a_server_without_v4_or_v5_is_refused_with_its_status(server):
-    with pytest.raises(ApiError) as e:
+    with pytest.raises(KubernetesError) as e:
         exec_(server, ["true"])
     assert e.value.status == 403
 

@@ -8,13 +8,15 @@ from hatchway.core import config
 from hatchway.daemon import policy
 from hatchway.backends.base import BackendError, SessionSpec
 
+from .typed import whole
+
 
 def cfg(pod=None, pol=None, **k):
     c = config.defaults()
     c["backend"] = "kubernetes"
-    c["kubernetes"].update(config.validate(dict(k, pod=pod or {}), config.KUBERNETES,
+    c["kubernetes"].update(config.validate(dict(k, pod=pod or {}), config.schema().fields["kubernetes"],
                                            "kubernetes"))
-    c["policy"].update(config.validate(pol or {}, config.SCHEMA.fields["policy"], "policy"))
+    c["policy"].update(config.validate(pol or {}, config.schema().fields["policy"], "policy"))
     return c
 
 
@@ -78,7 +80,7 @@ def spec(c, pty=False):
     return SessionSpec(user="Alice.B", uid=1000, session_id="ab" * 16, connection_id="c1",
                        kind="exec", argv=["id"], pty=pty, term="xterm" if pty else None,
                        size=(24, 80) if pty else None, env={"LANG": "C.UTF-8"},
-                       remote_address="127.0.0.1:1", config=c,
+                       remote_address="127.0.0.1:1", config=whole(c),
                        labels={"io.hatchway.managed": "true", "io.hatchway.user": "Alice.B",
                                "io.hatchway.process": "boot-id:123:456"})
 

@@ -8,8 +8,8 @@ from hatchway.core import config
 from hatchway.daemon import policy
 def cfg(docker=None, pol=None):
     c = config.defaults()
-    c["docker"].update(config.validate(docker or {}, config.DOCKER, "docker"))
-    c["policy"].update(config.validate(pol or {}, config.SCHEMA.fields["policy"], "policy"))
+    c["docker"].update(config.validate(docker or {}, config.schema().fields["docker"], "docker"))
+    c["policy"].update(config.validate(pol or {}, config.schema().fields["policy"], "policy"))
     return c
 
 

@@ -1,6 +1,7 @@
 """The test double for ContainerSSH's reference auth server
 (tests/e2e/webhook_servers.py) keeps the quirks Hatchway must live with
-(notes/containerssh.md §2.1): if the double drifted, the tests using it would
+(tests/data/containerssh-authconfig.json describes its API): if the double
+drifted, the tests using it would
 prove compatibility with a server that does not exist."""
 
 import http.client

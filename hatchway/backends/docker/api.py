@@ -14,13 +14,13 @@ from urllib.parse import quote, urlencode
 
 from hatchway.core import http11
 
+from ..base import EngineError
+
 API = "/v1.41"
 
 
-class DockerError(Exception):
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
+class DockerError(EngineError):
+    """Docker Engine API's answer was an error."""
 
 
 class Stream:

@@ -16,7 +16,7 @@ import threading
 import time
 
 from .. import labels as L
-from ..base import Backend, BackendError, ExitStatus, Process, SessionSpec
+from ..base import Backend, BackendError, ExitStatus, Found, Process, SessionSpec
 from .api import Docker, DockerError, Stream, WaitHandle
 
 log = logging.getLogger("hatchwayd")
@@ -26,15 +26,14 @@ log = logging.getLogger("hatchwayd")
 DETACH_KEYS = "ctrl-^,ctrl-^,ctrl-^,ctrl-^"
 
 
-def api_for(cfg: dict) -> Docker:
-    d = cfg["docker"]
-    tls = {k: d.get(k) for k in ("ca_file", "cert_file", "key_file")}
-    return Docker(d["host"], tls)
+def api_for(d) -> Docker:
+    """A client for the engine of the `docker` settings `d`."""
+    return Docker(d.host, {"ca_file": d.ca_file, "cert_file": d.cert_file, "key_file": d.key_file})
 
 
 def container_spec(spec: SessionSpec) -> dict:
-    d = spec.config["docker"]
-    env = [f"{k}={v}" for k, v in (d.get("env") or {}).items()]
+    d = spec.config.docker
+    env = [f"{k}={v}" for k, v in d.env.items()]
     env += [f"{k}={v}" for k, v in spec.env.items()]
     if spec.pty and spec.term:
         env.append(f"TERM={spec.term}")
@@ -43,35 +42,35 @@ def container_spec(spec: SessionSpec) -> dict:
         "LogConfig": {"Type": "none", "Config": {}},
         "AutoRemove": False,
     }
-    if d.get("read_only"):
+    if d.read_only:
         host["ReadonlyRootfs"] = True
-    if d.get("tmpfs"):
-        host["Tmpfs"] = dict(d["tmpfs"])
-    if d.get("memory"):
-        host["Memory"] = int(d["memory"])
-    if d.get("cpus"):
-        host["NanoCpus"] = int(d["cpus"] * 1e9)
-    if d.get("pids_limit"):
-        host["PidsLimit"] = int(d["pids_limit"])
-    if d.get("network"):
-        host["NetworkMode"] = d["network"]
-    if d.get("mounts"):
-        host["Mounts"] = list(d["mounts"])
-    # what the policy (hatchway/daemon/policy.py) has already allowed
-    if d.get("privileged"):
+    if d.tmpfs:
+        host["Tmpfs"] = dict(d.tmpfs)
+    if d.memory:
+        host["Memory"] = int(d.memory)
+    if d.cpus:
+        host["NanoCpus"] = int(d.cpus * 1e9)
+    if d.pids_limit:
+        host["PidsLimit"] = int(d.pids_limit)
+    if d.network:
+        host["NetworkMode"] = d.network
+    if d.mounts:
+        host["Mounts"] = list(d.mounts)
+    # what the policy (backends/docker/policy.py) has already allowed
+    if d.privileged:
         host["Privileged"] = True
-    if d.get("cap_add"):
-        host["CapAdd"] = list(d["cap_add"])
-    if d.get("cap_drop"):
-        host["CapDrop"] = list(d["cap_drop"])
-    if d.get("pid_mode"):
-        host["PidMode"] = d["pid_mode"]
-    if d.get("ipc_mode"):
-        host["IpcMode"] = d["ipc_mode"]
-    if d.get("devices"):
-        host["Devices"] = [_device(dev) for dev in d["devices"]]
+    if d.cap_add:
+        host["CapAdd"] = list(d.cap_add)
+    if d.cap_drop:
+        host["CapDrop"] = list(d.cap_drop)
+    if d.pid_mode:
+        host["PidMode"] = d.pid_mode
+    if d.ipc_mode:
+        host["IpcMode"] = d.ipc_mode
+    if d.devices:
+        host["Devices"] = [_device(dev) for dev in d.devices]
     body = {
-        "Image": d["image"],
+        "Image": d.image,
         "Cmd": spec.argv,
         "Env": env,
         "Tty": spec.pty,
@@ -83,9 +82,9 @@ def container_spec(spec: SessionSpec) -> dict:
         "Labels": spec.labels,
         "HostConfig": host,
     }
-    for key, field in (("user", "User"), ("workdir", "WorkingDir"), ("hostname", "Hostname")):
-        if d.get(key):
-            body[field] = d[key]
+    for value, field in ((d.user, "User"), (d.workdir, "WorkingDir"), (d.hostname, "Hostname")):
+        if value:
+            body[field] = value
     return body
 
 
@@ -102,13 +101,13 @@ def container_name(spec: SessionSpec) -> str:
 
 
 class DockerBackend(Backend):
-    def __init__(self, cfg: dict):
-        self.cfg = cfg
-        self.api = api_for(cfg)
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        self.api = api_for(cfg.docker)
 
     def start(self, spec: SessionSpec) -> Process:
-        d = spec.config["docker"]
-        self._ensure_image(d["image"], d["pull"])
+        d = spec.config.docker
+        self._ensure_image(d.image, d.pull, d.start_timeout)
         try:
             cid = self.api.create(container_spec(spec), container_name(spec))
         except DockerError as e:
@@ -131,7 +130,7 @@ class DockerBackend(Backend):
             proc.initial_resize(*spec.size)
         return proc
 
-    def _ensure_image(self, image: str, policy: str) -> None:
+    def _ensure_image(self, image: str, policy: str, timeout: float) -> None:
         try:
             present = self.api.image_exists(image)
         except DockerError as e:
@@ -139,9 +138,9 @@ class DockerBackend(Backend):
         if policy == "Never" and not present:
             raise BackendError(f"image {image} is not available on this host")
         if policy == "Always" or not present:
-            self._pull(image, present)
+            self._pull(image, present, timeout)
 
-    def _pull(self, image: str, present: bool) -> None:
+    def _pull(self, image: str, present: bool, timeout: float) -> None:
         """Pull in this session's own process: a slow registry holds up only the
         session that needs the image."""
         name, _, tag = image.rpartition(":") if ":" in image.split("/")[-1] else (image, "", "latest")
@@ -149,12 +148,12 @@ class DockerBackend(Backend):
         try:
             progress = self.api.call("POST", "/images/create",
                                      query={"fromImage": name, "tag": tag},
-                                     timeout=self.cfg["docker"]["start_timeout"], max_body=64 << 20)
+                                     timeout=timeout, max_body=64 << 20)
             why = _pull_error(progress)
         except DockerError as e:
             # dockerd answered image_exists a moment ago: no answer now means
             # the registry is slow or unreachable, not the engine
-            why = (f"no answer within {self.cfg['docker']['start_timeout']:g}s" if e.status == 0
+            why = (f"no answer within {timeout:g}s" if e.status == 0
                    else str(e))
         if present:
             if why:
@@ -164,18 +163,56 @@ class DockerBackend(Backend):
             raise BackendError(f"image {image} is not available here and cannot be pulled"
                                + (f": {why}" if why else ""))
 
-    def reap(self, is_alive) -> list[str]:
-        removed = []
+    def list(self, user: str | None = None) -> list[Found]:
         try:
-            found = self.api.list([f"{L.MANAGED}=true", f"{L.HOST}={L.host_id()}"])
-        except DockerError:
-            return removed
-        for c in found:
-            if is_alive(c.get("Labels") or {}):
-                continue
-            if _safe(lambda: self.api.remove(c["Id"])):
-                removed.append((c.get("Names") or [c["Id"][:12]])[0].lstrip("/"))
-        return removed
+            found = self.api.list([f"{k}={v}" for k, v in L.selector(user).items()])
+        except DockerError as e:
+            raise BackendError(f"cannot list session containers: {e}") from None
+        return [Found(c["Id"], c.get("Labels") or {}, c.get("State") or "")
+                for c in found]
+
+    def remove(self, found: Found) -> bool:
+        return _safe(lambda: self.api.remove(found.name))
+
+    def check(self) -> tuple[list[str], list[str]]:
+        d, problems, notes = self.cfg.docker, [], []
+        try:
+            self.api.call("GET", "/_ping", ok=(200,))
+            notes.append(f"docker: reachable at {d.host}")
+            if not self.api.image_exists(d.image):
+                msg = f"docker: image {d.image} is not present"
+                (problems if d.pull == "Never" else notes).append(msg)
+        except DockerError as e:
+            problems.append(f"docker: {e}")
+        return problems + _socket_access(d.host), notes
+
+
+def _socket_access(host: str, user: str = "hatchway") -> list[str]:
+    """`check` runs as root, which reaches any socket; the daemon runs as
+    `hatchway` and needs the socket's group (docker installed after Hatchway,
+    or a socket with another group, leave it out)."""
+    import grp
+    import os
+    import pwd
+    import stat
+    if not host.startswith("unix://"):
+        return []
+    path = host[len("unix://"):]
+    try:
+        st = os.stat(path)
+        pw = pwd.getpwnam(user)
+    except (OSError, KeyError):
+        return []               # reachability is reported by check()
+    groups = os.getgrouplist(user, pw.pw_gid)
+    if st.st_uid == pw.pw_uid or st.st_mode & stat.S_IWOTH or \
+            (st.st_gid in groups and st.st_mode & stat.S_IWGRP):
+        return []
+    try:
+        gname = grp.getgrgid(st.st_gid).gr_name
+    except KeyError:
+        gname = str(st.st_gid)
+    return [f"docker: user {user} cannot open {path} (not in its group {gname}): run "
+            f"`adduser {user} {gname}`, then restart hatchwayd"]
 
 
 def _safe(fn) -> bool:
@@ -316,3 +353,6 @@ class DockerProcess(Process):
             if _safe(lambda: self.api.remove(self.cid)):
                 return
             time.sleep(0.2)
+
+
+BACKEND = DockerBackend

@@ -20,16 +20,14 @@ import json
 import ssl
 from urllib.parse import quote, urlencode
 
-from ..base import BackendError
+from ..base import BackendError, EngineError
 from .channel import PROTOCOLS
 
 REQUEST_TIMEOUT = 15.0
 
 
-class ApiError(Exception):
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
+class KubernetesError(EngineError):
+    """The Kubernetes API's answer was an error."""
 
 
 _CONNECTION_KEYS = ("kubeconfig", "context", "in_cluster", "server", "ca_file", "token_file",
@@ -37,36 +35,36 @@ _CONNECTION_KEYS = ("kubeconfig", "context", "in_cluster", "server", "ca_file", 
 _cache: dict = {}
 
 
-def configuration(k: dict):
+def configuration(k):
     """A kubernetes.client.Configuration from the `kubernetes:` config section.
 
     Kept per connection settings: the daemon's main process loads it once and
     every forked session process inherits it.  That matters beyond speed: the
     client writes inline kubeconfig certificates to temporary files and removes
     them only at interpreter exit, which session processes (os._exit) skip."""
-    key = tuple(k.get(n) for n in _CONNECTION_KEYS)
-    if key not in _cache or k.get("token_file"):
+    key = tuple(getattr(k, n) for n in _CONNECTION_KEYS)
+    if key not in _cache or k.token_file:
         _cache[key] = _load(k)
     return _cache[key]
 
 
-def _load(k: dict):
+def _load(k):
     from kubernetes import client, config as kconfig
     c = client.Configuration()
     try:
-        if k.get("server"):
-            c.host = k["server"]
-            c.ssl_ca_cert = k.get("ca_file")
-            c.cert_file, c.key_file = k.get("cert_file"), k.get("key_file")
-            if k.get("token_file"):
+        if k.server:
+            c.host = k.server
+            c.ssl_ca_cert = k.ca_file
+            c.cert_file, c.key_file = k.cert_file, k.key_file
+            if k.token_file:
                 # read at every session start: service-account tokens rotate
-                with open(k["token_file"], encoding="utf-8") as f:
+                with open(k.token_file, encoding="utf-8") as f:
                     c.api_key = {"authorization": f.read().strip()}
                 c.api_key_prefix = {"authorization": "Bearer"}
-        elif k.get("in_cluster"):
+        elif k.in_cluster:
             kconfig.load_incluster_config(client_configuration=c)
         else:
-            kconfig.load_kube_config(config_file=k.get("kubeconfig"), context=k.get("context"),
+            kconfig.load_kube_config(config_file=k.kubeconfig, context=k.context,
                                      client_configuration=c, persist_config=False)
     except (OSError, kconfig.ConfigException) as e:
         raise BackendError(f"cannot read the Kubernetes connection settings: {e}") from None
@@ -74,14 +72,15 @@ def _load(k: dict):
 
 
 class Api:
-    def __init__(self, k: dict):
+    def __init__(self, k):
+        """`k`: the typed `kubernetes` settings."""
         from kubernetes import client
         self.conf = configuration(k)
         self.client = client.ApiClient(self.conf)
 
     def call(self, method: str, path: str, body=None, query: dict | None = None,
              timeout: float = REQUEST_TIMEOUT):
-        """One REST call; the decoded JSON answer, or ApiError."""
+        """One REST call; the decoded JSON answer, or KubernetesError."""
         from kubernetes.client.rest import ApiException
         try:
             resp = self.client.call_api(
@@ -92,9 +91,9 @@ class Api:
                 _request_timeout=timeout, _return_http_data_only=True)
             data = resp.data
         except ApiException as e:
-            raise ApiError(e.status or 0, _message(e.body) or e.reason or str(e)) from None
+            raise KubernetesError(e.status or 0, _message(e.body) or e.reason or str(e)) from None
         except Exception as e:      # urllib3: connection refused, TLS, timeout
-            raise ApiError(0, str(e)) from None
+            raise KubernetesError(0, str(e)) from None
         return json.loads(data) if data else None
 
     def exec_socket(self, ns: str, pod: str, container: str, argv: list[str], *, stdin: bool,
@@ -135,9 +134,9 @@ class Api:
             ws.connect(url, header=header, subprotocols=list(PROTOCOLS), timeout=timeout,
                        **proxy)
         except websocket.WebSocketBadStatusException as e:
-            raise ApiError(getattr(e, "status_code", 0) or 0, str(e)) from None
+            raise KubernetesError(getattr(e, "status_code", 0) or 0, str(e)) from None
         except (websocket.WebSocketException, OSError) as e:
-            raise ApiError(0, str(e)) from None
+            raise KubernetesError(0, str(e)) from None
         ws.settimeout(None)     # output may legitimately pause for as long as the command likes
         return ws
 

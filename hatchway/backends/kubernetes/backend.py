@@ -3,7 +3,7 @@
 How a session runs, and why:
 
 1. A pod is created from the configured PodSpec template (after the admin
-   policy, hatchway/daemon/policy.py), labelled like Docker containers (labels.py;
+   policy, backends/kubernetes/policy.py), labelled like Docker containers (labels.py;
    values Kubernetes cannot hold as labels, e.g. the owner process token, go
    in annotations), `restartPolicy: Never`, no service-account token unless
    configured.  Its session container runs only an idle command.
@@ -45,9 +45,9 @@ import threading
 import time
 
 from .. import labels as L
-from ..base import Backend, BackendError, ExitStatus, Process, SessionSpec
+from ..base import Backend, BackendError, ExitStatus, Found, Process, SessionSpec
 from . import channel as ch
-from .api import Api, ApiError
+from .api import Api, KubernetesError
 
 log = logging.getLogger("hatchwayd")
 
@@ -84,21 +84,21 @@ def pod_name(spec: SessionSpec) -> str:
 
 def pod_manifest(spec: SessionSpec) -> tuple[dict, str]:
     """The pod for one session, and the name of the container it runs in."""
-    k = spec.config["kubernetes"]
-    podspec = copy.deepcopy(k.get("pod") or {})
+    k = spec.config.kubernetes
+    podspec = copy.deepcopy(k.pod or {})
     containers = podspec.setdefault("containers", [])
     if not containers:
         containers.append({"name": "session"})
-    wanted = k.get("container")
+    wanted = k.container
     c = next((c for c in containers if c.get("name") == wanted), None) if wanted else containers[0]
     if c is None:
         raise BackendError(f"the pod template has no container named {wanted}")
     c.setdefault("name", "session")
-    if k.get("image"):
-        c["image"] = k["image"]
+    if k.image:
+        c["image"] = k.image
     if not c.get("image"):
         raise BackendError("no image configured for the session container (kubernetes.image)")
-    c["command"] = list(k["idle_command"])
+    c["command"] = list(k.idle_command)
     c.pop("args", None)
     c["stdin"] = c["tty"] = False
     env = [e for e in c.get("env") or [] if e.get("name") not in spec.env]
@@ -111,7 +111,7 @@ def pod_manifest(spec: SessionSpec) -> tuple[dict, str]:
     podspec["volumes"] = list(podspec.get("volumes") or []) + [
         {"name": "hatchway-run", "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}}]
     podspec["restartPolicy"] = "Never"
-    podspec["automountServiceAccountToken"] = bool(k.get("service_account_token"))
+    podspec["automountServiceAccountToken"] = bool(k.service_account_token)
     podspec.setdefault("enableServiceLinks", False)
     podspec.setdefault("terminationGracePeriodSeconds", 0)
     meta = {"name": pod_name(spec),
@@ -122,23 +122,21 @@ def pod_manifest(spec: SessionSpec) -> tuple[dict, str]:
 
 
 class KubernetesBackend(Backend):
-    def __init__(self, cfg: dict):
-        self.cfg = cfg
-        self.k = cfg["kubernetes"]
-        self.api = Api(self.k)
-        self.ns = self.k["namespace"]
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        self.api = Api(cfg.kubernetes)
+        self.ns = cfg.kubernetes.namespace
 
     def start(self, spec: SessionSpec) -> Process:
-        k = spec.config["kubernetes"]
         manifest, container = pod_manifest(spec)
         name = manifest["metadata"]["name"]
         try:
             self.api.call("POST", f"/api/v1/namespaces/{self.ns}/pods", manifest)
-        except ApiError as e:
+        except KubernetesError as e:
             raise BackendError(f"cannot create the pod: {e}") from None
         proc = None
         try:
-            self._wait_running(name, container, k["start_timeout"])
+            self._wait_running(name, container, spec.config.kubernetes.start_timeout)
             proc = KubernetesProcess(self.api, self.ns, name, container, spec)
             proc.start(spec.argv)
             return proc
@@ -156,7 +154,7 @@ class KubernetesBackend(Backend):
         while True:
             try:
                 pod = self.api.call("GET", f"/api/v1/namespaces/{self.ns}/pods/{name}")
-            except ApiError as e:
+            except KubernetesError as e:
                 if e.status == 404:
                     raise BackendError("the session's pod was deleted while starting") from None
                 pod, why = None, f"cannot read the pod: {e}"
@@ -190,20 +188,31 @@ class KubernetesBackend(Backend):
             time.sleep(delay)
             delay = min(delay * 2, 0.5)
 
-    def reap(self, is_alive) -> list[str]:
-        removed = []
+    def list(self, user: str | None = None) -> list[Found]:
+        selector = ",".join(f"{k}={v}" for k, v in L.selector(user).items())
         try:
-            pods = self.api.call("GET", f"/api/v1/namespaces/{self.ns}/pods", query={
-                "labelSelector": f"{L.MANAGED}=true,{L.HOST}={L.host_id()}"})["items"]
-        except (ApiError, TypeError, KeyError):
-            return removed
+            pods = self.api.call("GET", f"/api/v1/namespaces/{self.ns}/pods",
+                                 query={"labelSelector": selector})["items"]
+        except (KubernetesError, TypeError, KeyError) as e:
+            raise BackendError(f"cannot list session pods: {e}") from None
+        out = []
         for pod in pods:
             meta = pod.get("metadata") or {}
-            if meta.get("deletionTimestamp") is None and is_alive(meta.get("annotations") or {}):
-                continue
-            if delete_pod(self.api, self.ns, meta["name"], wait=0):
-                removed.append(meta["name"])
-        return removed
+            # the owner token is an annotation: no valid label value (pod_manifest)
+            out.append(Found(meta.get("name", ""), meta.get("annotations") or {},
+                             (pod.get("status") or {}).get("phase") or "",
+                             going=meta.get("deletionTimestamp") is not None))
+        return out
+
+    def remove(self, found: Found) -> bool:
+        return delete_pod(self.api, self.ns, found.name, wait=0)
+
+    def check(self) -> tuple[list[str], list[str]]:
+        try:
+            self.api.call("GET", f"/api/v1/namespaces/{self.ns}/pods", query={"limit": "1"})
+        except KubernetesError as e:
+            return [f"kubernetes: cannot list pods in namespace {self.ns}: {e}"], []
+        return [], [f"kubernetes: reachable at {self.api.conf.host}, namespace {self.ns}"]
 
 
 def delete_pod(api: Api, ns: str, name: str, wait: float = 20.0) -> bool:
@@ -212,14 +221,14 @@ def delete_pod(api: Api, ns: str, name: str, wait: float = 20.0) -> bool:
     try:
         api.call("DELETE", f"/api/v1/namespaces/{ns}/pods/{name}",
                  query={"gracePeriodSeconds": "0"})
-    except ApiError as e:
+    except KubernetesError as e:
         if e.status != 404:
             return False
     deadline = time.monotonic() + wait
     while time.monotonic() < deadline:
         try:
             api.call("GET", f"/api/v1/namespaces/{ns}/pods/{name}", timeout=5)
-        except ApiError as e:
+        except KubernetesError as e:
             if e.status == 404:
                 return True
         time.sleep(0.1)
@@ -246,7 +255,7 @@ class KubernetesProcess(Process):
     def _exec(self, argv, **kw):
         try:
             return self.api.exec_socket(self.ns, self.pod, self.container, argv, **kw)
-        except ApiError as e:
+        except KubernetesError as e:
             raise BackendError(f"cannot run the command in the pod: {e}") from None
 
     def start(self, argv: list[str]) -> None:
@@ -352,7 +361,7 @@ class KubernetesProcess(Process):
                                        name, str(self.pid)],
                                       stdin=False, stdout=True, stderr=True, tty=False,
                                       timeout=5)
-        except ApiError as e:
+        except KubernetesError as e:
             log.warning("cannot signal %s in pod %s: %s", name, self.pod, e)
             return
         try:
@@ -384,3 +393,6 @@ class KubernetesProcess(Process):
             delete_pod(self.api, self.ns, self.pod)
         except Exception as e:
             log.warning("cannot delete pod %s: %s", self.pod, e)
+
+
+BACKEND = KubernetesBackend

@@ -9,7 +9,8 @@ client-go tools/remotecommand (errorDecoderV4), KEP-4006 for v5.
 Why not the client library's WSClient: Debian's python3-kubernetes 22.6
 decodes every frame as UTF-8 with errors="replace" (bytes >= 0x80 are
 destroyed) and the newest client copies its buffers quadratically on bulk
-output (notes/kubernetes.md, part A).  So the library does only the API calls;
+output (kubernetes-client/python, its stream module ws_client).  So the
+library does only the API calls;
 these frames are read and written here, straight on websocket-client's socket.
 
 Nothing here imports the Kubernetes client: it is cheap and unit-testable.

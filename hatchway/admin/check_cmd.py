@@ -1,0 +1,90 @@
+"""`hatchway check`: the config, the backend, the daemon's socket, the key
+helper's secrets and the sshd drop-in; one line each, non-zero exit on any
+problem."""
+
+from __future__ import annotations
+
+import grp
+import os
+import pwd
+import stat
+import sys
+
+import click
+
+from hatchway.backends import registry
+from hatchway.core import config as config_mod
+
+from . import sshd_snippet
+from .common import config_option
+
+
+@click.command()
+@config_option
+def check(config_path):
+    """Validate the config and the environment; non-zero exit on any problem."""
+    problems, notes = [], []
+    try:
+        cfg = config_mod.typed(config_mod.load(config_path))
+        notes.append(f"{config_path}: valid")
+    except config_mod.ConfigError as e:
+        click.echo(f"FAIL {e}")
+        sys.exit(1)
+
+    webhook = cfg.auth.webhook
+    for key, path in (("ca_file", webhook.ca_file), ("cert_file", webhook.cert_file),
+                      ("key_file", webhook.key_file), ("token_file", webhook.token_file)):
+        if path:
+            problems += _secret_problems(path, key, secret=key in ("key_file", "token_file"))
+
+    try:
+        backend_problems, backend_notes = registry.make(cfg).check()
+    except Exception as e:          # a backend that cannot even be set up
+        backend_problems, backend_notes = [f"{cfg.backend}: {e}"], []
+    problems += backend_problems
+    notes += backend_notes
+
+    sock = cfg.daemon.socket
+    if not os.path.exists(sock):
+        problems.append(f"hatchwayd: no socket at {sock} (is hatchway.service running?)")
+    sshd_problems, sshd_notes = sshd_snippet.check()
+    problems += [f"sshd: {p}" for p in sshd_problems]
+    notes += [f"sshd: {n}" for n in sshd_notes]
+
+    for n in notes:
+        click.echo(f"ok   {n}")
+    for p in problems:
+        click.echo(f"FAIL {p}")
+    sys.exit(1 if problems else 0)
+
+
+KEY_HELPER = "hatchway-keys"
+
+
+def _secret_problems(path: str, what: str, secret: bool, user: str = KEY_HELPER) -> list[str]:
+    """The key helper runs as `user` and must be able to read every TLS file
+    and the token; the private key and the token must be readable by nobody else."""
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        return [f"auth.webhook.{what}: {path}: {e.strerror}"]
+    if secret and st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        return [f"auth.webhook.{what}: {path} is readable by others (mode "
+                f"{stat.S_IMODE(st.st_mode):04o}); make it 0600, owned by {user}"]
+    try:
+        pw = pwd.getpwnam(user)
+    except KeyError:
+        return [f"auth.webhook.{what}: user {user} does not exist (reinstall the package)"]
+    if not _readable_by(st, pw):
+        return [f"auth.webhook.{what}: {path} is not readable by {user}, so every key "
+                f"check fails; `chown {user} {path}`"]
+    return []
+
+
+def _readable_by(st: os.stat_result, pw) -> bool:
+    if st.st_uid == pw.pw_uid:
+        return bool(st.st_mode & stat.S_IRUSR)
+    groups = {pw.pw_gid} | {g.gr_gid for g in grp.getgrall() if pw.pw_name in g.gr_mem}
+    if st.st_gid in groups:
+        return bool(st.st_mode & stat.S_IRGRP)
+    return bool(st.st_mode & stat.S_IROTH)
