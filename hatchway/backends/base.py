@@ -17,6 +17,11 @@ from dataclasses import dataclass, field
 from hatchway.core.errors import HatchwayError
 
 
+# What Process.signal() delivers: what hatchway-shell forwards (shell.FORWARDED)
+# plus KILL, for the end of a hangup's grace.
+SIGNALS = ("HUP", "TERM", "INT", "QUIT", "KILL")
+
+
 class BackendError(HatchwayError):
     """The session cannot be started; the message is shown to the user as is."""
     code = 255

@@ -23,13 +23,12 @@ import threading
 from dataclasses import dataclass
 
 from hatchway.backends.base import ExitStatus, Process
-from hatchway.shell import FrameReader
+from hatchway.shell import FORWARDED, FrameReader
 
 from . import terminal
 
 log = logging.getLogger("hatchwayd")
 
-SIGNALS = {"HUP", "TERM", "INT", "QUIT"}
 
 
 @dataclass
@@ -128,7 +127,7 @@ class Relay:
             name = frame.get("signal")
             if name == "HUP":
                 self._hangup("client hung up")
-            elif name in SIGNALS:
+            elif name in FORWARDED:
                 self.proc.signal(name)
 
     def run(self) -> Outcome:

@@ -22,7 +22,7 @@ import logging
 import struct
 import threading
 
-from hatchway.backends.base import ExitStatus, Process
+from hatchway.backends.base import SIGNALS, ExitStatus, Process
 
 log = logging.getLogger("hatchwayd")
 
@@ -156,7 +156,7 @@ class Watch(Process):
 
     def signal(self, name: str) -> None:
         self.proc.signal(name)
-        if name in ("HUP", "TERM", "INT", "QUIT", "KILL"):
+        if name in SIGNALS:
             with self._cond:
                 if self._responder is not None:
                     self._ended = True

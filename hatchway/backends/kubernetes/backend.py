@@ -45,7 +45,7 @@ import threading
 import time
 
 from .. import labels as L
-from ..base import Backend, BackendError, ExitStatus, Found, Process, SessionSpec
+from ..base import SIGNALS, Backend, BackendError, ExitStatus, Found, Process, SessionSpec
 from . import channel as ch
 from .api import Api, KubernetesError
 
@@ -353,7 +353,7 @@ class KubernetesProcess(Process):
 
     def signal(self, name: str) -> None:
         """`kill` inside the container: Kubernetes has no API for signals."""
-        if self.pid is None or self._gone or name not in ("HUP", "TERM", "INT", "QUIT", "KILL"):
+        if self.pid is None or self._gone or name not in SIGNALS:
             return
         try:
             ws = self.api.exec_socket(self.ns, self.pod, self.container,
