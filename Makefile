@@ -3,7 +3,7 @@
 #   make test   lint, build the .deb (its build runs the unit tests, once), run
 #               the packaging tests, install it, run the end-to-end tests, then
 #               the Kubernetes backend against a real cluster (make k8s-test)
-#   make lint   pyflakes, and no comment citing a file that is not here
+#   make lint   pyflakes, imports pointing one way, no comment citing a file that is not here
 #   make deb    just the package: dist/hatchway_<version>_all.deb
 #   make package-test   the .deb in clean Debian 12/13 roots and under systemd
 
@@ -29,6 +29,7 @@ deps:
 lint: deps
 	pyflakes3 $(LINTED)
 	$(PYTHON) tests/lint/cited_paths.py
+	$(PYTHON) tests/lint/layers.py
 
 deb: deps
 	tests/setup/build-deb
