@@ -96,11 +96,8 @@ class S:
         self.open = open           # unknown keys allowed (passed through as-is)
         self.typed = typed
 
-    def only(self, keys) -> "S":
-        """The same section restricted to `keys` (what a group or webhook may set)."""
-        return S({k: v for k, v in self.fields.items() if k in keys})
-
     def without(self, keys) -> "S":
+        """The same section without `keys` (what a `groups:` entry may not set)."""
         return S({k: v for k, v in self.fields.items() if k not in keys})
 
 
