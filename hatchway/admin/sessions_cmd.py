@@ -1,42 +1,73 @@
-"""`hatchway sessions list|kill` and `hatchway gc`: live sessions, as the
-configured backend lists their containers or pods."""
+"""`hatchway sessions list|kill` and `hatchway gc`: live sessions, as their
+own processes record them (daemon/live.py), and their containers or pods, as
+the configured backend lists them."""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
+import time
 
 import click
 
 from hatchway.backends import labels, registry
-from hatchway.backends.base import Backend, Found
+from hatchway.backends.base import Backend
+from hatchway.daemon import live
 
 from .common import config_option, fail, load_config, one_line_errors, table
 
 
-def backend(config_path: str) -> Backend:
-    return registry.make(load_config(config_path))
+def backend(cfg) -> Backend:
+    return registry.make(cfg)
 
 
 def end_sessions(user: str, config_path: str) -> int:
     """Remove every container/pod of `user`'s sessions; how many there were.
     Raises HatchwayError when the backend cannot be asked."""
-    b = backend(config_path)
+    b = backend(load_config(config_path))
     found = b.list(user)
     for f in found:
         b.remove(f)
     return len(found)
 
 
-def _row(f: Found) -> dict:
-    lab = f.labels
-    return {"session": lab.get(labels.SESSION, "")[:12], "user": lab.get(labels.USER),
-            "mode": lab.get(labels.MODE), "container": f.name[:30], "state": f.state,
-            "orphan": "no" if labels.owner_alive(lab) else "yes"}
+def _ago(t: float) -> str:
+    s = max(0, int(time.time() - t))
+    return f"{s}s" if s < 120 else f"{s // 60}m" if s < 7200 else f"{s // 3600}h"
+
+
+def rows(cfg) -> list[dict]:
+    """Live sessions from their records, then the containers of the backend
+    that no live session record claims: running (their owner lives but keeps
+    no record) or orphan (the reaper will remove them)."""
+    out, claimed = [], set()
+    for rec in live.records(cfg.daemon.socket):
+        if not rec["live"]:
+            continue
+        claimed.add(rec.get("session"))
+        out.append({"session": str(rec.get("session", ""))[:12], "user": rec.get("user"),
+                    "remote": rec.get("remote"), "command": rec.get("command"),
+                    "mode": rec.get("mode"), "container": str(rec.get("container", ""))[:30],
+                    "started": time.strftime("%Y-%m-%d %H:%M:%S",
+                                             time.localtime(rec.get("started", 0))),
+                    "idle": _ago(rec.get("active", 0)), "state": "live",
+                    "pid": rec.get("pid"), "id": rec.get("session")})
+    for f in backend(cfg).list():
+        sid = f.labels.get(labels.SESSION, "")
+        if sid in claimed:
+            continue
+        out.append({"session": sid[:12], "user": f.labels.get(labels.USER), "remote": "",
+                    "command": "", "mode": f.labels.get(labels.MODE),
+                    "container": f.name[:30], "started": "", "idle": "",
+                    "state": "running" if labels.owner_alive(f.labels) else "orphan",
+                    "pid": None, "id": sid})
+    return out
 
 
 @click.group()
 def sessions():
-    """Live sessions (their containers or pods)."""
+    """Live sessions: who, from where, since when, in which container."""
 
 
 @sessions.command("list")
@@ -44,27 +75,53 @@ def sessions():
 @config_option
 @one_line_errors
 def sessions_list(as_json, config_path):
-    """List live sessions."""
-    rows = [_row(f) for f in backend(config_path).list()]
+    """List live sessions (and containers no live session owns)."""
+    found = rows(load_config(config_path))
     if as_json:
-        click.echo(json.dumps(rows, indent=2))
+        click.echo(json.dumps(found, indent=2))
     else:
-        table(rows, ["session", "user", "mode", "container", "state", "orphan"])
+        table(found, ["session", "user", "remote", "started", "idle", "command", "mode",
+                      "container", "state"], "no sessions")
 
 
 @sessions.command("kill")
 @click.argument("ident")
+@click.option("--wait", "wait_s", default=30.0, show_default=True,
+              help="seconds to wait for the sessions to end")
 @config_option
 @one_line_errors
-def sessions_kill(ident, config_path):
-    """End a session (by session id prefix, container id/pod name prefix or user name)."""
-    b = backend(config_path)
-    hits = [f for f in b.list() if f.labels.get(labels.SESSION, "").startswith(ident)
-            or f.name.startswith(ident) or f.labels.get(labels.USER) == ident]
+def sessions_kill(ident, wait_s, config_path):
+    """End sessions (by session id prefix, container prefix or user name).
+
+    A live session is told to end, as a hangup would end it: the user sees
+    `hatchway: this session was ended by an administrator`, the command gets
+    SIGHUP, and its container goes.  A container no session owns is removed."""
+    cfg = load_config(config_path)
+    hits = [r for r in rows(cfg) if r["id"].startswith(ident) or r["user"] == ident
+            or r["container"].startswith(ident)]
     if not hits:
         fail(f"no session matches {ident!r}")
-    for f in hits:
-        b.remove(f)
+    b = backend(cfg)
+    for r in hits:
+        if r["state"] == "live":
+            try:
+                os.kill(int(r["pid"]), signal.SIGTERM)
+            except (OSError, TypeError, ValueError):
+                pass            # it ended meanwhile
+        else:
+            for f in b.list():
+                if f.labels.get(labels.SESSION) == r["id"]:
+                    b.remove(f)
+    deadline = time.monotonic() + wait_s
+    left = {r["id"] for r in hits if r["state"] == "live"}
+    while left and time.monotonic() < deadline:
+        live_now = {rec.get("session") for rec in live.records(cfg.daemon.socket)
+                    if rec["live"]}
+        left &= live_now
+        time.sleep(0.1)
+    if left:
+        fail(f"{len(left)} session(s) did not end within {wait_s:g}s: "
+             + ", ".join(sorted(s[:12] for s in left)))
     click.echo(f"ended {len(hits)} session(s)")
 
 
@@ -73,6 +130,8 @@ def sessions_kill(ident, config_path):
 @one_line_errors
 def gc(config_path):
     """Remove containers whose session process is gone (what the reaper does)."""
-    removed = backend(config_path).reap(labels.owner_alive)
+    cfg = load_config(config_path)
+    removed = backend(cfg).reap(labels.owner_alive)
+    live.sweep(cfg.daemon.socket)
     click.echo(f"removed {len(removed)} orphaned container(s)" +
                (": " + ", ".join(removed) if removed else ""))

@@ -50,6 +50,7 @@ class SessionSpec:
     remote_address: str
     config: object                 # the typed Config: file, groups, templates, webhook, policy
     labels: dict[str, str] = field(default_factory=dict)
+    command: str = "exec"          # shell, exec, sftp, scp, rsync, git (commands.command_class)
 
 
 @dataclass

@@ -254,6 +254,19 @@ class Policy:
     max_pids: int | None = T("int", None)
 
 
+def check_listen(value: str) -> str:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"expected ADDR:PORT, got {value!r}")
+    return value
+
+
+@section
+class Metrics:
+    # Prometheus text format at http://<listen>/metrics; null: no metrics
+    listen: str | None = T("str", "127.0.0.1:9733", check=check_listen)
+
+
 @section
 class Log:
     level: str = T("enum", "info", choices=("debug", "info", "warning", "error"))
@@ -285,6 +298,7 @@ def schema() -> S:
         "session": Session.SCHEMA,
         "groups": M(group),
         "policy": policy,
+        "metrics": Metrics.SCHEMA,
         "log": Log.SCHEMA,
     }
     # The whole config, typed: Config(auth=Auth(...), docker=DockerSettings(...), ...)

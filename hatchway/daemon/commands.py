@@ -25,6 +25,22 @@ def plan(command: bytes | None, session_cfg) -> tuple[str, list[str]]:
     return "exec", [SH, "-c", text]
 
 
+# What a command is, for the log, the metrics and `hatchway sessions`: the
+# first word of an exec says which file-transfer tool is on the other end.
+CLASSES = {"scp": "scp", "rsync": "rsync", "git-upload-pack": "git", "git-receive-pack": "git",
+           "git-upload-archive": "git"}
+
+
+def command_class(kind: str, command: bytes | None) -> str:
+    """shell, sftp, scp, rsync, git or exec."""
+    if kind == "shell":
+        return "shell"
+    if kind == "subsystem":
+        return "sftp"
+    first = (command or b"").split(maxsplit=1)[:1]
+    return CLASSES.get(first[0].decode("ascii", "replace"), "exec") if first else "exec"
+
+
 def sftp_argv(candidates: list[str]) -> list[str]:
     """Run the first sftp server the image has; say so clearly if it has none."""
     if not candidates:

@@ -25,6 +25,8 @@ import time
 from hatchway.backends import labels, registry
 from hatchway.core import config as config_mod, fsutil
 
+from . import events, live
+
 
 log = logging.getLogger("hatchwayd")
 
@@ -62,12 +64,60 @@ def run_reaper(cfg) -> None:
         return
     try:
         os.setsid()
-        for name in registry.make(cfg).reap(labels.owner_alive):
+        removed = registry.make(cfg).reap(labels.owner_alive)
+        for name in removed:
             log.info("reaper removed %s (its session process is gone)", name)
+        if removed:
+            events.emit(cfg.daemon.socket, {"e": "reaped", "backend": cfg.backend,
+                                            "n": len(removed)})
+        live.sweep(cfg.daemon.socket)
     except Exception as e:  # never let a reaper failure escape into a traceback loop
         log.error("reaper failed: %s", e)
     finally:
         os._exit(0)
+
+
+class MetricsProcess:
+    """The metrics process (daemon/metrics.py): started with the daemon, again
+    (at most once a second) whenever it dies, stopped with the daemon."""
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+        self.pid: int | None = None
+        self.next_start = 0.0
+
+    def ensure(self) -> None:
+        if not self.cfg.metrics.listen or self.pid is not None \
+                or time.monotonic() < self.next_start:
+            return
+        self.next_start = time.monotonic() + 1.0
+        pid = os.fork()
+        if pid:
+            self.pid = pid
+            return
+        code = 1
+        try:
+            os.setsid()
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            from . import metrics
+            metrics.serve(self.cfg.daemon.socket, self.cfg.metrics.listen)
+        except Exception as e:
+            log.error("metrics process failed: %s", e)
+        finally:
+            os._exit(code)
+
+    def exited(self, pid: int) -> bool:
+        if pid != self.pid:
+            return False
+        self.pid = None
+        return True
+
+    def stop(self) -> None:
+        if self.pid is not None:
+            try:
+                os.kill(self.pid, signal.SIGTERM)
+            except OSError:
+                pass
 
 
 def serve_session(conn: socket.socket, cfg) -> None:
@@ -77,8 +127,11 @@ def serve_session(conn: socket.socket, cfg) -> None:
         signal.signal(sig, signal.SIG_DFL)
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     from .session import Session
+    session = Session(conn, cfg)
+    # `hatchway sessions kill`: end it like a hangup, and tell the user
+    signal.signal(signal.SIGTERM, lambda *_: session.end("killed"))
     try:
-        Session(conn, cfg).run()
+        session.run()
     except Exception:
         log.exception("session crashed")
     finally:
@@ -121,6 +174,9 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, lambda *_: stopping.append(1))
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
 
+    os.makedirs(live.directory(sock_path), mode=0o750, exist_ok=True)
+    metrics = MetricsProcess(cfg)
+    metrics.ensure()
     interval = cfg.daemon.reap_interval
     run_reaper(cfg)
     next_reap = time.monotonic() + interval
@@ -147,11 +203,13 @@ def main(argv: list[str] | None = None) -> int:
                 server.close()
                 serve_session(conn, cfg)
             conn.close()
-        if _collect_children() or time.monotonic() >= next_reap:
+        metrics.ensure()
+        if _collect_children(metrics) or time.monotonic() >= next_reap:
             run_reaper(cfg)
             next_reap = time.monotonic() + interval
 
     log.info("stopping; live sessions keep running")
+    metrics.stop()
     server.close()
     for path in (sock_path, pid_path):
         try:
@@ -170,8 +228,8 @@ def _write_pid(path: str) -> None:
         log.warning("cannot write %s: %s", path, e)
 
 
-def _collect_children() -> bool:
-    """Reap exited children; true if one of them died abnormally."""
+def _collect_children(metrics: MetricsProcess) -> bool:
+    """Reap exited children; true if a session process died abnormally."""
     abnormal = False
     while True:
         try:
@@ -180,7 +238,9 @@ def _collect_children() -> bool:
             return abnormal
         if pid == 0:
             return abnormal
-        if os.WIFSIGNALED(status) or (os.WIFEXITED(status) and os.WEXITSTATUS(status)):
+        if metrics.exited(pid):
+            log.warning("metrics process %d ended (status %d); starting it again", pid, status)
+        elif os.WIFSIGNALED(status) or (os.WIFEXITED(status) and os.WEXITSTATUS(status)):
             log.warning("session process %d died abnormally (status %d)", pid, status)
             abnormal = True
 

@@ -35,11 +35,15 @@ log = logging.getLogger("hatchwayd")
 class Outcome:
     status: ExitStatus
     hangup: bool = False
+    reason: str | None = None       # why the relay ended it: see Relay._hangup callers
 
 
 class Relay:
     def __init__(self, proc: Process, fds: list[int], pty: bool, control: socket.socket,
-                 reader: FrameReader, pending: list[dict], grace: float):
+                 reader: FrameReader, pending: list[dict], grace: float,
+                 on_activity=None):
+        """`on_activity()` is called whenever bytes moved (from the pump
+        threads: it must be cheap and thread-safe)."""
         self.proc = proc
         self.fds = fds
         self.pty = pty
@@ -52,6 +56,7 @@ class Relay:
         self.wake_r, self.wake_w = os.pipe()
         self.eof = threading.Event()        # the command's output ended: it exited
         self.hangup_reason: str | None = None
+        self.on_activity = on_activity or (lambda: None)
 
     # -- the two pumps
 
@@ -76,6 +81,7 @@ class Relay:
             except OSError:
                 return          # the command is gone; the output side ends the session
             self.bytes_in += len(data)
+            self.on_activity()
 
     def _pump_out(self) -> None:
         while True:
@@ -90,6 +96,7 @@ class Relay:
                 self._hangup("client stopped reading")
                 return
             self.bytes_out += len(data)
+            self.on_activity()
 
     @staticmethod
     def _write_all(fd: int, data: bytes) -> bool:
@@ -108,6 +115,11 @@ class Relay:
         if self.hangup_reason is None:
             self.hangup_reason = reason
         self._wake()
+
+    def end(self, reason: str) -> None:
+        """End the session as a hangup would (SIGHUP, then removal after the
+        grace).  Safe from a signal handler."""
+        self._hangup(reason)
 
     def _wake(self) -> None:
         try:
@@ -184,7 +196,7 @@ class Relay:
             status = self.proc.exit_status(timeout=30.0)
         if self.pty:
             terminal.restore(self.fds[0], saved)
-        return Outcome(status, hangup)
+        return Outcome(status, hangup, self.hangup_reason)
 
     def close(self) -> None:
         for fd in (self.wake_r, self.wake_w):

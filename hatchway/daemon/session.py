@@ -8,6 +8,7 @@ none.  The steps read top to bottom in `Session.run`.
 from __future__ import annotations
 
 import base64
+import json
 import fnmatch
 import logging
 import os
@@ -19,7 +20,7 @@ from hatchway.backends.base import BackendError, SessionSpec
 from hatchway.core.errors import HatchwayError
 from hatchway.shell import pack
 
-from . import commands, peer, resolve, sftp_fallback, terminal
+from . import commands, events, live, peer, resolve, sftp_fallback, terminal
 from .relay import Relay
 
 log = logging.getLogger("hatchwayd")
@@ -56,6 +57,39 @@ def remote_address(ssh_connection) -> str:
     return "0.0.0.0:0"
 
 
+def logfmt(**fields) -> str:
+    """key=value pairs for log pipelines: a value with a space, a quote or
+    nothing in it is double-quoted, JSON-style."""
+    out = []
+    for k, v in fields.items():
+        v = str(v)
+        if not v or any(c in v for c in ' "=\\') or not v.isprintable():
+            v = json.dumps(v)
+        out.append(f"{k}={v}")
+    return " ".join(out)
+
+
+def refusal(e: HatchwayError) -> str:
+    """The reason label of a refused session (hatchway_sessions_refused)."""
+    if isinstance(e, resolve.ConfigRefused):
+        return "policy" if "policy refuses" in e.message else "config"
+    if isinstance(e, BackendError):
+        return "backend"
+    return getattr(e, "reason", "client")
+
+
+def end_reason(outcome) -> str:
+    """Why a session ended, as hatchway_sessions_ended and the log say it."""
+    if outcome is None:
+        return "error"
+    if outcome.hangup:
+        return outcome.reason if outcome.reason in ("killed", "idle", "max_duration") \
+            else "disconnect"
+    code = outcome.status.code
+    return "error" if code == 255 and outcome.status.note else \
+        "signal" if code > 128 else "normal"
+
+
 class Session:
     def __init__(self, conn: socket.socket, cfg):
         """`cfg`: the daemon's typed Config (before this user's groups,
@@ -64,6 +98,15 @@ class Session:
         self.cfg = cfg
         self.fds: list[int] = []
         self.session_id = os.urandom(16).hex()
+        self.relay: Relay | None = None
+        self.ending: str | None = None
+
+    def end(self, reason: str) -> None:
+        """End the session as a hangup would, from outside (`hatchway sessions
+        kill` sends the session process SIGTERM).  Safe from a signal handler."""
+        self.ending = reason
+        if self.relay is not None:
+            self.relay.end(reason)
 
     def reply(self, frame: dict) -> None:
         try:
@@ -73,35 +116,53 @@ class Session:
 
     def run(self) -> None:
         started = time.monotonic()
+        socket_path = self.cfg.daemon.socket
         pid, uid, _ = peer.peercred(self.conn)
         try:
             spec, reader, pending = self._accept(pid, uid)
         except HatchwayError as r:          # who, what, or the configuration: refused
             log.warning("refused pid=%d uid=%d: %s", pid, uid, r.log_reason)
+            events.emit(socket_path, {"e": "refused", "reason": refusal(r)})
             self.reply({"type": "error", "message": r.message, "code": r.code})
             return
 
-        log.info("session start user=%s session=%s connection=%s kind=%s pty=%s remote=%s",
-                 spec.user, spec.session_id, spec.connection_id, spec.kind,
-                 "yes" if spec.pty else "no", spec.remote_address)
+        what = {"backend": spec.config.backend, "mode": spec.config.session.mode,
+                "command": spec.command}
+        log.info("session start %s", logfmt(
+            user=spec.user, session=spec.session_id, connection=spec.connection_id,
+            remote=spec.remote_address, kind=spec.kind, pty="yes" if spec.pty else "no",
+            **what))
         try:
             proc = registry.make(spec.config).start(spec)
         except BackendError as e:
             log.warning("session failed user=%s session=%s: %s", spec.user, spec.session_id,
                         e.log_reason)
+            events.emit(socket_path, {"e": "create_failed", **what})
+            events.emit(socket_path, {"e": "refused", "reason": "backend"})
             self.reply({"type": "error", "message": e.message, "code": e.code})
             return
         if spec.kind == "subsystem":
             proc = sftp_fallback.Watch(proc)    # an image without an sftp server
+        record = live.Record(socket_path, {
+            "session": spec.session_id, "user": spec.user, "uid": spec.uid,
+            "remote": spec.remote_address, "connection": spec.connection_id,
+            "container": proc.id, "pid": os.getpid(), "owner": spec.labels[labels.PROCESS],
+            "pty": spec.pty, **what})
+        events.emit(socket_path, {"e": "start", "latency": time.monotonic() - started, **what})
 
-        relay = Relay(proc, self.fds, spec.pty, self.conn, reader, pending,
-                      spec.config.session.stop_grace)
+        relay = self.relay = Relay(proc, self.fds, spec.pty, self.conn, reader, pending,
+                                   spec.config.session.stop_grace, on_activity=record.touch)
+        if self.ending:
+            relay.end(self.ending)
         outcome = None
         try:
             outcome = relay.run()
-            if outcome.status.note and not outcome.hangup:
+            note = outcome.status.note
+            if outcome.reason == "killed":
+                note = "this session was ended by an administrator"
+            if note and (not outcome.hangup or outcome.reason == "killed"):
                 # after the relay the terminal is cooked again, so \n is enough
-                Relay._write_all(self.fds[2], f"hatchway: {outcome.status.note}\n".encode())
+                Relay._write_all(self.fds[2], f"hatchway: {note}\n".encode())
             # Close our copies first: sshd ends the channel only when every
             # holder of the stdout/stderr pipes has closed them.
             self._close_fds()
@@ -115,13 +176,15 @@ class Session:
             # The client has its answer; removing the container is not its wait.
             proc.destroy()
             relay.close()
-            log.info("session end user=%s session=%s container=%s mode=%s duration=%.1fs "
-                     "exit=%s hangup=%s bytes_in=%d bytes_out=%d",
-                     spec.user, spec.session_id, proc.id, spec.config.session.mode,
-                     time.monotonic() - started,
-                     outcome.status.code if outcome else "crash",
-                     "yes" if outcome and outcome.hangup else "no",
-                     relay.bytes_in, relay.bytes_out)
+            record.remove()
+            reason = end_reason(outcome)
+            log.info("session end %s", logfmt(
+                user=spec.user, session=spec.session_id, container=proc.id, **what,
+                duration=f"{time.monotonic() - started:.3f}",
+                exit=outcome.status.code if outcome else "none", reason=reason,
+                bytes_in=relay.bytes_in, bytes_out=relay.bytes_out))
+            events.emit(socket_path, {"e": "end", "reason": reason, "in": relay.bytes_in,
+                                      "out": relay.bytes_out, **what})
 
     def _accept(self, pid: int, uid: int):
         """Identify, validate, and turn the hello into a SessionSpec."""
@@ -150,6 +213,7 @@ class Session:
         spec = SessionSpec(
             user=pw.pw_name, uid=uid, session_id=self.session_id, connection_id=conn_id,
             kind=kind, argv=argv, pty=pty, term=term, size=size,
+            command=commands.command_class(kind, command),
             env=filter_env(hello.get("env"), cfg.session.env_allow),
             remote_address=remote,
             config=cfg,

@@ -34,6 +34,7 @@ from urllib.parse import urlsplit
 from hatchway.core import sshkeys
 
 from . import admin_api
+from .metrics import WebhookMetrics
 from .store import Refused, Store
 
 log = logging.getLogger("hatchway-webhook")
@@ -107,9 +108,19 @@ class Handler(BaseHTTPRequestHandler):
     def _dispatch(self, method: str) -> None:
         path = urlsplit(self.path).path
         started = time.monotonic()
+        route_name = "other"
         try:
             body = self._body()
+            if path == "/metrics" and method == "GET":
+                data, ctype = self.server.metrics.text()
+                self.send_response(200)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+                return
             if path == "/v1" or path.startswith("/v1/"):
+                route_name = "admin"
                 status, reply, headers = admin_api.handle(self.server.store, method, path,
                                                           self.headers, body)
                 log.info("admin %s %s %s -> %d", self.address_string(), method, path[:200],
@@ -120,6 +131,7 @@ class Handler(BaseHTTPRequestHandler):
                      "/config": self.config}.get(path.rstrip("/"))
             if route is None:
                 raise Refused("not found", 404)
+            route_name = path.strip("/")
             if method != "POST":
                 self._send(405, {"error": f"{path} takes POST"}, {"Allow": "POST"})
                 return
@@ -139,7 +151,10 @@ class Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             self._send(500, {"error": f"internal error: {type(e).__name__}"})
         finally:
-            log.debug("%s %s took %.3fs", method, path[:200], time.monotonic() - started)
+            took = time.monotonic() - started
+            if route_name != "other":
+                self.server.metrics.took(route_name, took)
+            log.debug("%s %s took %.3fs", method, path[:200], took)
 
     def do_POST(self):  # noqa: N802 (http.server's naming)
         self._dispatch("POST")
@@ -161,15 +176,16 @@ class Handler(BaseHTTPRequestHandler):
     def pubkey(self, body: dict) -> None:
         user, key_line = body.get("username"), body.get("publicKey")
         answer: dict = {"success": False}
-        why = "no such key"
+        why, why_kind = "no such key", "unknown"
         if isinstance(user, str) and isinstance(key_line, str):
             try:
                 key = sshkeys.parse_line(key_line)
             except sshkeys.BadKey as e:
-                key, why = None, f"bad key: {e}"
+                key, why, why_kind = None, f"bad key: {e}", "bad_key"
             row = key and self.server.store.find_key(user, key.type, key.b64)
             if row and row["expiry"] and row["expiry"] <= _now_iso():
-                why = "key expired"     # sshd would refuse it too; ContainerSSH would not
+                # sshd would refuse it too; ContainerSSH would not
+                why, why_kind = "key expired", "expired"
             elif row:
                 answer = {"success": True, "authenticatedUsername": user}
                 ext = {}
@@ -179,9 +195,10 @@ class Handler(BaseHTTPRequestHandler):
                     ext["expiry"] = row["expiry"]
                 if ext:
                     answer["hatchway"] = ext
-                why = row["fingerprint"]
+                why, why_kind = row["fingerprint"], "key"
         else:
-            why = "no username or publicKey"
+            why, why_kind = "no username or publicKey", "malformed"
+        self.server.metrics.decided(answer["success"], why_kind)
         log.info("pubkey user=%r remote=%r connection=%r -> %s (%s)", str(user)[:40],
                  str(body.get("remoteAddress"))[:60], str(body.get("connectionId"))[:40],
                  "yes" if answer["success"] else "no", why)
@@ -224,6 +241,7 @@ class Server(ThreadingHTTPServer):
         self._lock = threading.Lock()
         self.db_path = db_path
         self.allow_passwords = allow_passwords
+        self.metrics = WebhookMetrics()
 
     @property
     def store(self) -> Store:
