@@ -1,10 +1,11 @@
 # Hatchway — build, demo and test on Debian 12 (as root).
 #   make demo   build and install the .deb, start everything, log in over SSH
 #   make test   build the .deb, run the packaging tests, install it, run the unit
-#               and end-to-end tests, then the Kubernetes backend against a real
-#               cluster (make k8s-test)
+#               and end-to-end tests and the backend contract suite (make contract)
 #   make deb    just the package: dist/hatchway_<version>_all.deb
 #   make package-test   the .deb in clean Debian 12/13 roots and under systemd
+#   make contract       every backend (Docker, the real Kubernetes cluster)
+#                       against one contract, through the Backend interface
 
 VERSION := $(shell sed -n '1s/.*(\(.*\)).*/\1/p' debian/changelog)
 DEB     := dist/hatchway_$(VERSION)_all.deb
@@ -17,7 +18,7 @@ LOCK    := flock -o /run/lock/hatchway-e2e.lock
 # this host, so without the lock.
 PACKAGE_TEST := $(PYTHON) -m pytest -q -rfE tests/package $(PACKAGE_TEST_ARGS)
 
-.PHONY: deps deb install demo test unit e2e k8s-test package-test bench clean
+.PHONY: deps deb install demo test unit e2e contract package-test bench clean
 
 deps:
 	tests/setup/deps
@@ -38,12 +39,16 @@ unit:
 
 E2E ?= tests/e2e
 e2e:
-	$(PYTHON) -m pytest -q -rfE $(E2E) $(PYTEST_ARGS)
+	$(PYTHON) -m pytest -q -rfExX $(E2E) $(PYTEST_ARGS)
 
-# The Kubernetes backend against a real cluster built from Debian's packages
-# (tests/setup/k8s-cluster; ~12 min the first time on a machine, cached after).
-k8s-test:
-	$(PYTHON) -m pytest -q -rfE tests/k8s $(PYTEST_ARGS)
+# The backend contract suite: the work tree's backends against dockerd and a
+# real Kubernetes cluster built from Debian's packages (tests/setup/k8s-cluster;
+# ~12 min the first time on a machine, cached after).  It uses neither the
+# installed package nor the stack's ports, so it needs no e2e lock; the
+# cluster's own lock is taken by the suite.
+CONTRACT := tests/contract
+contract:
+	$(PYTHON) -m pytest -q -rfExX $(CONTRACT) $(PYTEST_ARGS)
 
 package-test: deb
 	$(PACKAGE_TEST)
@@ -51,7 +56,7 @@ package-test: deb
 test: deb
 	$(PACKAGE_TEST)
 	$(LOCK) $(MAKE) --no-print-directory install unit e2e
-	$(MAKE) --no-print-directory k8s-test
+	$(MAKE) --no-print-directory contract
 
 # Benchmarks print ratios against floors measured in the same run; see tests/bench/run.py.
 bench: deb

@@ -44,17 +44,20 @@ USER = "contract"
 HOST = "contract-" + labels.host_id()
 
 
-def config_for(name: str, kubeconfig: str | None = None, image: str | None = None) -> dict:
+def config_for(name: str, cluster: str | None = None, image: str | None = None,
+               **section) -> dict:
     """The daemon's config for backend `name`: the defaults, pointed at the test
-    engine/cluster.  Neither backend pulls: no registry is reachable in tests."""
+    engine/cluster, then `section` over the backend's own section.  Neither
+    backend pulls: no registry is reachable in tests."""
     c = config.defaults()
     c["backend"] = name
     if name == "docker":
         c["docker"].update(image=image or DOCKER_IMAGE, pull="Never")
     else:
-        c["kubernetes"].update(kubeconfig=kubeconfig, image=image or k8s_cluster.IMAGE, pod={
+        c["kubernetes"].update(kubeconfig=cluster, image=image or k8s_cluster.IMAGE, pod={
             "nodeName": k8s_cluster.NODE,
             "containers": [{"name": "session", "imagePullPolicy": "Never"}]})
+    c[name].update(section)
     return c
 
 
@@ -118,17 +121,21 @@ class Session:
 class Target:
     """One backend under test, built from its config by hatchway.backends.make."""
 
-    def __init__(self, name: str, kubeconfig: str | None = None, image: str | None = None):
+    def __init__(self, name: str, cluster: str | None = None, image: str | None = None,
+                 **section):
+        """`cluster`: the test cluster's kubeconfig (kubernetes)."""
         self.name = name
-        self.kubeconfig = kubeconfig
-        self.cfg = config_for(name, kubeconfig, image)
+        self.cluster = cluster
+        self.cfg = config_for(name, cluster, image, **section)
         self.backend = backends.make(self.cfg)
         self.session_ids: list[str] = []
         self.procs: list = []
 
-    def with_image(self, image: str) -> "Target":
-        t = Target(self.name, self.kubeconfig, image)
-        t.session_ids, t.procs = self.session_ids, self.procs     # checked with this one
+    def variant(self, image: str | None = None, **section) -> "Target":
+        """The same backend with another image or other keys of its section;
+        its sessions are checked with this one's."""
+        t = Target(self.name, self.cluster, image, **section)
+        t.session_ids, t.procs = self.session_ids, self.procs
         return t
 
     def spec(self, argv: list[str], pty: bool = False, size=(30, 100), owner: str | None = None,
@@ -176,7 +183,7 @@ class Target:
                 capture_output=True, text=True, check=True).stdout
             return [ln.split()[0] for ln in out.splitlines()
                     if ln.strip() and ln.split()[-1] in ids]
-        return [p["metadata"]["name"] for p in k8s_cluster.pods(self.kubeconfig, user=USER)
+        return [p["metadata"]["name"] for p in k8s_cluster.pods(self.cluster, user=USER)
                 if p["metadata"]["labels"].get("io.hatchway.session") in ids]
 
     def wait_nothing_left(self, timeout: float = 30) -> None:
