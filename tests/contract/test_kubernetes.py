@@ -24,8 +24,8 @@ def kubernetes(cluster):
 
 
 def test_an_unschedulable_pod_fails_at_the_deadline_with_a_reason(kubernetes):
-    t = kubernetes.variant(pod={"containers": [{"name": "session",       # no nodeName:
-                                                "imagePullPolicy": "Never"}]},  # nobody schedules it
+    # no nodeName, and the test cluster has no scheduler: nobody schedules it
+    t = kubernetes.variant(pod={"containers": [{"name": "session", "imagePullPolicy": "Never"}]},
                            start_timeout=2.0)
     with pytest.raises(BackendError, match="did not start within 2s: the pod was not scheduled"):
         t.backend.start(t.spec(["true"]))

@@ -206,13 +206,6 @@ def test_a_group_gets_its_own_image_and_limits(hw, students):
     assert inspect_session(hw, "alice")["Config"]["Image"] == IMAGE
 
 
-def test_missing_image_with_pull_never(hw):
-    hw.reconfigure({"docker": {"image": "hatchway/no-such-image:1", "pull": "Never"}})
-    p = hw.ssh("alice", "true")
-    assert p.returncode == 255
-    assert p.stderr == b"hatchway: image hatchway/no-such-image:1 is not available on this host\n"
-
-
 @pytest.fixture
 def silent_registry():
     """A registry on loopback that accepts connections and never answers
