@@ -66,14 +66,12 @@ class Session:
     With `digest_stdout`, stdout is only hashed and counted (200 MB tests)."""
 
     def __init__(self, target: "Target", spec: SessionSpec, digest_stdout: bool = False):
-        self.target = target
         self.spec = spec
         self.proc = target.backend.start(spec)
         target.procs.append(self.proc)
         self.out = {1: bytearray(), 2: bytearray()}     # += on bytes would be quadratic
         self.digest = hashlib.sha256() if digest_stdout else None
         self.stdout_size = 0
-        self.first = threading.Event()
         self._grew = threading.Condition()
         self.thread = threading.Thread(target=self._pump, daemon=True)
         self.thread.start()
@@ -87,14 +85,13 @@ class Session:
                     self.stdout_size += len(data)
                 else:
                     self.out[stream] += data
-                self.first.set()
                 self._grew.notify_all()
         with self._grew:
-            self.first.set()
             self._grew.notify_all()
 
     def wait_output(self, needle: bytes, timeout: float = 30, stream: int = 1) -> None:
-        """Until `needle` is in the output so far (or the output ended)."""
+        """Until `needle` is in the output so far; fails at the timeout or when
+        the output ends without it."""
         end = time.monotonic() + timeout
         with self._grew:
             while needle not in self.out[stream]:
