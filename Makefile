@@ -1,11 +1,13 @@
 # Hatchway — build, demo and test on Debian 12 (as root).
 #   make demo   build and install the .deb, start everything, log in over SSH
 #   make test   lint, build the .deb (its build runs the unit tests, once), run
-#               the packaging tests, install it, run the end-to-end tests, then
-#               the Kubernetes backend against a real cluster (make k8s-test)
+#               the packaging tests, install it, run the end-to-end tests and the
+#               backend contract suite (make contract)
 #   make lint   pyflakes, imports pointing one way, no comment citing a file that is not here
 #   make deb    just the package: dist/hatchway_<version>_all.deb
 #   make package-test   the .deb in clean Debian 12/13 roots and under systemd
+#   make contract       every backend (Docker, the real Kubernetes cluster)
+#                       against one contract, through the Backend interface
 
 VERSION := $(shell sed -n '1s/.*(\(.*\)).*/\1/p' debian/changelog)
 DEB     := dist/hatchway_$(VERSION)_all.deb
@@ -18,7 +20,7 @@ LOCK    := flock -o /run/lock/hatchway-e2e.lock
 # this host, so without the lock.
 PACKAGE_TEST := $(PYTHON) -m pytest -q -rfE tests/package $(PACKAGE_TEST_ARGS)
 
-.PHONY: deps lint deb install demo test unit e2e k8s-test package-test bench clean
+.PHONY: deps lint deb install demo test unit e2e contract package-test bench clean
 
 # Everything Python of ours, the extensionless entry points included.
 LINTED := hatchway tests keyhelper/hatchway-keys shim/hatchway-shell shim/hatchwayd packaging/bin/hatchway
@@ -47,22 +49,29 @@ unit:
 
 E2E ?= tests/e2e
 e2e:
-	$(PYTHON) -m pytest -q -rfE $(E2E) $(PYTEST_ARGS)
+	$(PYTHON) -m pytest -q -rfExX $(E2E) $(PYTEST_ARGS)
 
-# The Kubernetes backend against a real cluster built from Debian's packages
-# (tests/setup/k8s-cluster; ~12 min the first time on a machine, cached after).
-k8s-test:
-	$(PYTHON) -m pytest -q -rfE tests/k8s $(PYTEST_ARGS)
+# The backend contract suite: the work tree's backends against dockerd and a
+# real Kubernetes cluster built from Debian's packages (tests/setup/k8s-cluster;
+# ~12 min the first time on a machine, cached after).  It uses neither the
+# installed package nor the stack's ports, so it needs no e2e lock; the
+# cluster's own lock is taken by the suite.
+CONTRACT := tests/contract
+contract:
+	$(PYTHON) -m pytest -q -rfExX $(CONTRACT) $(PYTEST_ARGS)
 
 package-test: deb
 	$(PACKAGE_TEST)
 
 # The unit tests run inside the package build (pybuild, debian/rules), so
-# first and once; `make unit` runs them alone from the work tree.
+# first and once; `make unit` runs them alone from the work tree.  The
+# contract suite runs in the e2e tests' pytest session: a session brings the
+# cluster up once (~20 s) for every suite in it, and the e2e Kubernetes tests
+# need it too.  That holds the e2e lock a few minutes longer than the
+# contract suite alone needs.
 test: lint deb
 	$(PACKAGE_TEST)
-	$(LOCK) $(MAKE) --no-print-directory install e2e
-	$(MAKE) --no-print-directory k8s-test
+	$(LOCK) $(MAKE) --no-print-directory install e2e E2E="tests/e2e $(CONTRACT)"
 
 # Benchmarks print ratios against floors measured in the same run; see tests/bench/run.py.
 bench: deb

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from .backends import BACKENDS, EXTERNAL, OnBackend, k8s_config
 from .stack import Stack
 
 
@@ -45,6 +46,35 @@ def hw(stack, request):
     stack.reconfigure(marker.args[0] if marker else None)
     yield stack
     stack.wait_no_containers(timeout=15)
+
+
+@pytest.fixture(scope="session")
+def k8s(request):
+    """The Kubernetes cluster of the Kubernetes tests: the session's test
+    cluster (tests/conftest.py), or HATCHWAY_E2E_KUBECONFIG's."""
+    if EXTERNAL:
+        return {"kubeconfig": EXTERNAL, "external": True}
+    return {"kubeconfig": request.getfixturevalue("cluster"), "external": False}
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def backend_name(request):
+    # module scope: pytest runs a module's tests for one backend, then the other
+    return request.param
+
+
+@pytest.fixture
+def hwb(stack, backend_name, request):
+    """The stack on each backend in turn (an OnBackend), leak-checked after the test."""
+    if backend_name == "docker":
+        stack.reconfigure(None)
+        on = OnBackend(stack, "docker")
+    else:
+        cluster = request.getfixturevalue("k8s")
+        stack.reconfigure(k8s_config(cluster, stack.tmp))
+        on = OnBackend(stack, "kubernetes", cluster)
+    yield on
+    on.wait_no_sessions(timeout=15 if backend_name == "docker" else 30)
 
 
 @pytest.fixture(autouse=True)

@@ -82,6 +82,18 @@ def assert_200_mb_out(stack, timeout: float) -> None:
     assert size == 200 << 20
     assert err.split()[0].decode() == digest.hexdigest()
 
+def client_env(stack) -> dict[str, str]:
+    """The environment a command sees when the client sends LANG, LC_TIME,
+    GIT_PROTOCOL and FOO (SendEnv): what the allowlists let through."""
+    env = dict(os.environ, LANG="C.UTF-8", LC_TIME="POSIX", GIT_PROTOCOL="version=2",
+               FOO="bar")
+    argv = stack.ssh_argv("alice", "env | sort", options=(
+        "-o", "SendEnv=LANG LC_* GIT_PROTOCOL FOO"))
+    p = subprocess.run(argv, env=env, capture_output=True, stdin=subprocess.DEVNULL, timeout=60)
+    assert p.returncode == 0, p.stderr
+    return dict(line.split("=", 1) for line in p.stdout.decode().splitlines())
+
+
 class SlowRead:
     """Read `stream` to its end at `rate` bytes/s while sampling the memory of
     session process `pid` once per MiB: what a slow client does to the relay."""
@@ -336,6 +348,11 @@ class Stack:
         out = run(["docker", "events", "--since", f"{since:.3f}", "--until", f"{time.time():.3f}",
                    "--filter", f"container={container_id}", "--format", "{{json .}}"]).stdout
         return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+    def exit_codes(self, container_id: str, since: float) -> list[str]:
+        """Exit codes dockerd recorded for the container's death (its `die` events)."""
+        return [e["Actor"]["Attributes"].get("exitCode") for e in self.events(container_id, since)
+                if e.get("status") == "die"]
 
     def session_pid(self, container: dict) -> int:
         """The hatchwayd session process that owns a container (from its label)."""

@@ -10,7 +10,7 @@ import re
 import pytest
 
 from hatchway.core import connection
-from tests import contract
+from tests import containerssh_schema as schema
 from tests.e2e.webhook_servers import ContainerSSHServer
 
 from .akc_run import assert_denied, helper_env, run_keys, write_config
@@ -81,15 +81,15 @@ def test_request_fits_containerssh_schema(env, config, reference):
     run_keys(env["entry"], config, "foo", env["type"], env["key"])
     route, req = reference.requests[-1]
     assert route == "pubkey"
-    contract.check(req, "PublicKeyAuthRequest")
+    schema.check(req, "PublicKeyAuthRequest")
     # ContainerSSH's own client decodes strictly; servers built on its structs may too
-    assert contract.unknown_keys(req, "PublicKeyAuthRequest") == []
+    assert schema.unknown_keys(req, "PublicKeyAuthRequest") == []
     assert req["username"] == "foo"
     assert req["publicKey"] == f"{env['type']} {env['key']}"
     headers = reference.headers[-1]
     assert headers["content-type"] == "application/json"
     # and what the reference server answered is a valid ContainerSSH reply
-    contract.check(reference.replies[-1][1], "AuthResponseBody")
+    schema.check(reference.replies[-1][1], "AuthResponseBody")
 
 
 def test_connection_id_is_the_one_hatchwayd_computes(env, config, reference):

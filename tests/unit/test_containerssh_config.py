@@ -4,7 +4,7 @@ import pytest
 
 from hatchway.core import config
 from hatchway.daemon.containerssh import Unsupported, translate
-from tests import contract
+from tests import containerssh_schema as schema
 
 
 def test_the_documented_example_answer():
@@ -71,8 +71,8 @@ def test_fields_that_would_not_be_honoured_are_refused(reply, field):
 ])
 def test_what_is_translated_is_valid_containerssh_config(answer):
     """Every key translated here exists, with that type, in ContainerSSH's schema."""
-    contract.check(answer, "AppConfig")
-    assert contract.unknown_keys(answer, "AppConfig") == []
+    schema.check(answer, "AppConfig")
+    assert schema.unknown_keys(answer, "AppConfig") == []
     assert translate(answer)
 
 

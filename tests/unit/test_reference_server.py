@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from tests import contract
+from tests import containerssh_schema as schema
 from tests.e2e.webhook_servers import ContainerSSHServer, go_remote_address
 
 REQ = {"remoteAddress": "192.0.2.10:51234", "connectionId": "2c97819451ac4f01be2bb0e2fc66c1fb",
@@ -37,8 +37,8 @@ def test_documented_exchange(srv):
     status, ctype, data = call(srv, "/pubkey", REQ)
     assert status == 200
     reply = json.loads(data)
-    contract.check(reply, "AuthResponseBody")
-    assert contract.unknown_keys(reply, "AuthResponseBody") == []
+    schema.check(reply, "AuthResponseBody")
+    assert schema.unknown_keys(reply, "AuthResponseBody") == []
     assert reply["success"] is True and reply["authenticatedUsername"] == "foo"
     # the echo, clientVersion included although the request had none
     assert reply["remoteAddress"] == REQ["remoteAddress"]
