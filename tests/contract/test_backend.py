@@ -113,9 +113,6 @@ def test_200_mb_in_and_out_byte_identical(backend):
 # -- terminal
 
 
-@pytest.mark.fails_on("docker", "product bug: DockerBackend sets the size by a resize call after "
-                      "the container has started (API 1.41 has no ConsoleSize), so a command "
-                      "that asks at once sees 0 0 (`stty: standard input`)")
 def test_pty_size_is_set_before_the_first_byte(backend):
     # the very first thing the command does is ask; a size that arrives later is too late
     for rows, cols in ((30, 100), (41, 132), (24, 80)):

@@ -24,6 +24,12 @@ log = logging.getLogger("hatchwayd")
 # dockerd swallows its detach sequence even for API clients and it cannot be
 # turned off; pick one nobody types: four ctrl-^ in a row.
 DETACH_KEYS = "ctrl-^,ctrl-^,ctrl-^,ctrl-^"
+# A pty session's command starts at once, and API 1.41 has no ConsoleSize: a
+# resize can only follow the start, too late for a command that asks first
+# (`stty size` saw 0 0).  So the container's shell sets the size, then becomes
+# the command.  (Exec and shell sessions need /bin/sh anyway; without stty the
+# size still arrives by the resize after the start.)
+SIZED = 'stty rows "$1" cols "$2" 2>/dev/null; shift 2; exec "$@"'
 
 
 def api_for(d) -> Docker:
@@ -71,7 +77,8 @@ def container_spec(spec: SessionSpec) -> dict:
         host["Devices"] = [_device(dev) for dev in d.devices]
     body = {
         "Image": d.image,
-        "Cmd": spec.argv,
+        "Cmd": (["/bin/sh", "-c", SIZED, "hatchway", str(spec.size[0]), str(spec.size[1]),
+                 *spec.argv] if spec.pty and spec.size else spec.argv),
         "Env": env,
         "Tty": spec.pty,
         "OpenStdin": True,
