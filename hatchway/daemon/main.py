@@ -79,21 +79,22 @@ def run_reaper(cfg) -> None:
 
 class MetricsProcess:
     """The metrics process (daemon/metrics.py): started with the daemon, again
-    (at most once a second) whenever it dies, stopped with the daemon."""
+    whenever it dies (backing off up to a minute while it keeps failing at
+    once, e.g. on a port someone else holds), stopped with the daemon."""
 
     def __init__(self, cfg):
         self.cfg = cfg
         self.pid: int | None = None
-        self.next_start = 0.0
+        self.started = self.next_start = 0.0
+        self.delay = 1.0
 
     def ensure(self) -> None:
         if not self.cfg.metrics.listen or self.pid is not None \
                 or time.monotonic() < self.next_start:
             return
-        self.next_start = time.monotonic() + 1.0
         pid = os.fork()
         if pid:
-            self.pid = pid
+            self.pid, self.started = pid, time.monotonic()
             return
         code = 1
         try:
@@ -109,6 +110,9 @@ class MetricsProcess:
     def exited(self, pid: int) -> bool:
         if pid != self.pid:
             return False
+        quick = time.monotonic() - self.started < 10
+        self.delay = min(self.delay * 2, 60.0) if quick else 1.0
+        self.next_start = time.monotonic() + self.delay
         self.pid = None
         return True
 
@@ -239,7 +243,8 @@ def _collect_children(metrics: MetricsProcess) -> bool:
         if pid == 0:
             return abnormal
         if metrics.exited(pid):
-            log.warning("metrics process %d ended (status %d); starting it again", pid, status)
+            log.warning("metrics process %d ended (status %d); starting it again in %gs",
+                        pid, status, metrics.delay)
         elif os.WIFSIGNALED(status) or (os.WIFEXITED(status) and os.WEXITSTATUS(status)):
             log.warning("session process %d died abnormally (status %d)", pid, status)
             abnormal = True
