@@ -13,7 +13,7 @@ import click
 
 from hatchway.backends import labels, registry
 from hatchway.backends.base import Backend
-from hatchway.daemon import live
+from hatchway.daemon import live, recording
 
 from .common import config_option, fail, load_config, one_line_errors, table
 
@@ -123,6 +123,40 @@ def sessions_kill(ident, wait_s, config_path):
         fail(f"{len(left)} session(s) did not end within {wait_s:g}s: "
              + ", ".join(sorted(s[:12] for s in left)))
     click.echo(f"ended {len(hits)} session(s)")
+
+
+@sessions.command("play")
+@click.argument("ident")
+@click.option("--speed", default=1.0, show_default=True, help="replay this many times faster")
+@click.option("--max-wait", default=2.0, show_default=True,
+              help="seconds of inactivity shown at most")
+@click.option("--cat", "at_once", is_flag=True, help="print the output at once, no timing")
+@config_option
+@one_line_errors
+def sessions_play(ident, speed, max_wait, at_once, config_path):
+    """Replay a recorded session (by session id prefix) as its user saw it.
+
+    Recordings are asciicast v2 files under recordings.dir/<user>/; `asciinema
+    play FILE` replays them too."""
+    cfg = load_config(config_path)
+    found = recording.find(cfg.recordings.dir, ident)
+    if not found:
+        fail(f"no recording of a session {ident!r} in {cfg.recordings.dir}")
+    if len(found) > 1:
+        fail(f"{ident!r} names {len(found)} recordings; give more of the session id")
+    out = click.get_text_stream("stdout")
+    last = 0.0
+    with open(found[0], encoding="utf-8") as f:
+        json.loads(f.readline())                        # the header
+        for line in f:
+            t, kind, data = json.loads(line)
+            if kind != "o":
+                continue
+            if not at_once:
+                time.sleep(min(max(t - last, 0), max_wait) / max(speed, 0.01))
+            last = t
+            out.write(data)
+            out.flush()
 
 
 @click.command()

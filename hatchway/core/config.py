@@ -34,8 +34,8 @@ DEFAULT_PATH = "/etc/hatchway/hatchway.yaml"
 # --------------------------------------------------------------------------
 # value types
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
-_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]i?b?|b)?\s*$", re.I)
 _SIZE_UNITS = {"": 1, "b": 1, "k": 1000, "m": 1000**2, "g": 1000**3, "t": 1000**4,
                "ki": 1024, "mi": 1024**2, "gi": 1024**3, "ti": 1024**4}
@@ -233,6 +233,9 @@ class Session:
                                  item=T("str"))
     env_allow: list = T("list", ["LANG", "LC_*", "GIT_PROTOCOL"], item=T("str"))
     stop_grace: float = T("duration", 1.0, doc="after a hangup: SIGHUP, then removal")
+    # pty sessions as asciicast (daemon/recording.py): off, output, or all
+    # (output and what the user typed)
+    record: str = T("enum", "off", choices=("off", "output", "all"))
 
 
 # What a `groups:` entry or the config webhook may not change in `session`.
@@ -259,6 +262,14 @@ def check_listen(value: str) -> str:
     if not sep or not port.isdigit() or not 0 < int(port) < 65536:
         raise ValueError(f"expected ADDR:PORT, got {value!r}")
     return value
+
+
+@section
+class Recordings:
+    dir: str = PATH("/var/lib/hatchway/recordings")
+    max_size: int = T("size", 50_000_000)
+    retention: float = T("duration", 30 * 86400.0)
+    banner: str = T("str", "this session is being recorded")
 
 
 @section
@@ -298,6 +309,7 @@ def schema() -> S:
         "session": Session.SCHEMA,
         "groups": M(group),
         "policy": policy,
+        "recordings": Recordings.SCHEMA,
         "metrics": Metrics.SCHEMA,
         "log": Log.SCHEMA,
     }

@@ -41,9 +41,10 @@ class Outcome:
 class Relay:
     def __init__(self, proc: Process, fds: list[int], pty: bool, control: socket.socket,
                  reader: FrameReader, pending: list[dict], grace: float,
-                 on_activity=None):
+                 on_activity=None, recorder=None):
         """`on_activity()` is called whenever bytes moved (from the pump
-        threads: it must be cheap and thread-safe)."""
+        threads: it must be cheap and thread-safe); `recorder`
+        (daemon/recording.py) sees a pty session's bytes and sizes."""
         self.proc = proc
         self.fds = fds
         self.pty = pty
@@ -57,6 +58,7 @@ class Relay:
         self.eof = threading.Event()        # the command's output ended: it exited
         self.hangup_reason: str | None = None
         self.on_activity = on_activity or (lambda: None)
+        self.recorder = recorder
 
     # -- the two pumps
 
@@ -82,6 +84,8 @@ class Relay:
                 return          # the command is gone; the output side ends the session
             self.bytes_in += len(data)
             self.on_activity()
+            if self.recorder:
+                self.recorder.input(data)
 
     def _pump_out(self) -> None:
         while True:
@@ -97,6 +101,8 @@ class Relay:
                 return
             self.bytes_out += len(data)
             self.on_activity()
+            if self.recorder:
+                self.recorder.output(data)
 
     @staticmethod
     def _write_all(fd: int, data: bytes) -> bool:
@@ -135,6 +141,8 @@ class Relay:
             size = terminal.size(self.fds[0])   # our own copy is the authority
             if size:
                 self.proc.resize(*size)
+                if self.recorder:
+                    self.recorder.resize(*size)
         elif kind == "signal":
             name = frame.get("signal")
             if name == "HUP":

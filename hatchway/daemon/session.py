@@ -20,7 +20,7 @@ from hatchway.backends.base import BackendError, SessionSpec
 from hatchway.core.errors import HatchwayError
 from hatchway.shell import pack
 
-from . import commands, events, live, peer, resolve, sftp_fallback, terminal
+from . import commands, events, live, peer, recording, resolve, sftp_fallback, terminal
 from .relay import Relay
 
 log = logging.getLogger("hatchwayd")
@@ -143,15 +143,26 @@ class Session:
             return
         if spec.kind == "subsystem":
             proc = sftp_fallback.Watch(proc)    # an image without an sftp server
+        try:
+            recorder = self._recorder(spec)
+        except OSError as e:
+            # the policy asks for a recording: no recording, no session
+            log.error("cannot record session=%s user=%s: %s", spec.session_id, spec.user, e)
+            proc.destroy()
+            events.emit(socket_path, {"e": "refused", "reason": "recording"})
+            self.reply({"type": "error", "code": 255,
+                        "message": "this session must be recorded, and it cannot be now"})
+            return
         record = live.Record(socket_path, {
             "session": spec.session_id, "user": spec.user, "uid": spec.uid,
             "remote": spec.remote_address, "connection": spec.connection_id,
             "container": proc.id, "pid": os.getpid(), "owner": spec.labels[labels.PROCESS],
-            "pty": spec.pty, **what})
+            "pty": spec.pty, "recording": recorder.path if recorder else None, **what})
         events.emit(socket_path, {"e": "start", "latency": time.monotonic() - started, **what})
 
         relay = self.relay = Relay(proc, self.fds, spec.pty, self.conn, reader, pending,
-                                   spec.config.session.stop_grace, on_activity=record.touch)
+                                   spec.config.session.stop_grace, on_activity=record.touch,
+                                   recorder=recorder)
         if self.ending:
             relay.end(self.ending)
         outcome = None
@@ -177,6 +188,8 @@ class Session:
             proc.destroy()
             relay.close()
             record.remove()
+            if recorder:
+                recorder.close()
             reason = end_reason(outcome)
             log.info("session end %s", logfmt(
                 user=spec.user, session=spec.session_id, container=proc.id, **what,
@@ -185,6 +198,21 @@ class Session:
                 bytes_in=relay.bytes_in, bytes_out=relay.bytes_out))
             events.emit(socket_path, {"e": "end", "reason": reason, "in": relay.bytes_in,
                                       "out": relay.bytes_out, **what})
+
+    def _recorder(self, spec):
+        """The session's recorder, when the policy names its user (pty
+        sessions only); the user is told once, before anything runs."""
+        mode = spec.config.session.record
+        if mode == "off" or not spec.pty:
+            return None
+        rec = spec.config.recordings
+        rows, cols = spec.size or (24, 80)
+        r = recording.start(rec.dir, spec.user, spec.session_id, rows, cols, spec.term,
+                            f"{spec.user}: {spec.command} session {spec.session_id[:12]}",
+                            rec.max_size, record_input=mode == "all")
+        if rec.banner:
+            Relay._write_all(self.fds[2], f"hatchway: {rec.banner}\r\n".encode())
+        return r
 
     def _accept(self, pid: int, uid: int):
         """Identify, validate, and turn the hello into a SessionSpec."""
