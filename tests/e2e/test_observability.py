@@ -3,10 +3,13 @@ webhook's), one structured log line at the start and end of every session,
 and `hatchway sessions list|kill` — after real logins through sshd."""
 
 import json
+import os
 import subprocess
 import time
 import urllib.request
 
+import pexpect
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from .stack import WEBHOOK_PORT, wait_for
@@ -169,3 +172,81 @@ def test_sessions_list_and_kill_one_of_two(hw):
         for p in (a, b):
             p.kill()
             p.wait()
+
+
+# ------------------------------------------------------------------ recordings
+
+RECORDINGS = "/var/lib/hatchway/recordings"
+
+
+def casts(user: str) -> set[str]:
+    d = os.path.join(RECORDINGS, user)
+    return set(os.listdir(d)) if os.path.isdir(d) else set()
+
+
+def cast_events(path: str):
+    with open(path, encoding="utf-8") as f:
+        lines = f.read().splitlines()
+    return json.loads(lines[0]), [json.loads(ln) for ln in lines[1:]]
+
+
+def shell_session(hw, user: str, command: str, expect: str):
+    """A pty login: run `command` at the prompt, see `expect`, log out;
+    everything the user saw."""
+    child = hw.spawn(user, dimensions=(30, 100))
+    child.expect(r"[#$] ")
+    child.sendline(command)
+    child.expect(expect)
+    child.sendline("exit")
+    child.expect(pexpect.EOF)
+    child.close()
+    return child
+
+
+@pytest.mark.config({"groups": {"alice": {"session": {"record": "output"}}}})
+def test_a_recorded_session_replays_to_what_the_user_saw_and_others_are_not_recorded(hw):
+    before_alice, before_bob = casts("alice"), casts("bob")
+    child = hw.spawn("alice", dimensions=(30, 100))
+    child.expect("hatchway: this session is being recorded")
+    child.expect(r"[#$] ")
+    child.sendline("echo hello-$((6*7))")
+    child.expect("hello-42")
+    child.sendline("exit")
+    child.expect(pexpect.EOF)
+    new = wait_for(lambda: casts("alice") - before_alice, 10, what="alice's recording")
+    assert len(new) == 1
+    path = os.path.join(RECORDINGS, "alice", new.pop())
+    assert oct(os.stat(path).st_mode & 0o777) == "0o640"
+    header, events = cast_events(path)
+    assert (header["version"], header["width"], header["height"]) == (2, 100, 30)
+    seen = "".join(e[2] for e in events if e[1] == "o")
+    assert "hello-42" in seen and "echo hello-$((6*7))" in seen     # the echo of what was typed
+    assert not [e for e in events if e[1] == "i"]                   # output only
+    times = [e[0] for e in events]
+    assert times == sorted(times)
+    # replayed by the admin command, and by asciinema itself
+    sid = os.path.basename(path)[16:-5]
+    play = subprocess.run(["hatchway", "sessions", "play", sid, "--cat"], capture_output=True,
+                          text=True, timeout=60)
+    assert play.returncode == 0 and play.stdout == seen
+    cat = pexpect.spawn("asciinema", ["cat", path], timeout=30, encoding="utf-8")
+    cat.expect(pexpect.EOF)
+    assert "hello-42" in cat.before
+    # bob is not named by the policy: no file, no banner
+    child = shell_session(hw, "bob", "echo not-$((1+1))", "not-2")
+    assert "being recorded" not in child.before.decode(errors="replace")
+    assert casts("bob") == before_bob
+
+
+@pytest.mark.config({"groups": {"alice": {"session": {"record": "all"}}},
+                     "recordings": {"max_size": "4000"}})
+def test_input_is_recorded_only_when_asked_and_the_size_cap_cuts_cleanly(hw):
+    before = casts("alice")
+    shell_session(hw, "alice", "echo typed-$((2*3)); yes x | head -c 30000",
+                  "typed-6")
+    new = wait_for(lambda: casts("alice") - before, 10, what="alice's recording")
+    path = os.path.join(RECORDINGS, "alice", new.pop())
+    header, events = cast_events(path)                  # every line whole JSON
+    assert os.path.getsize(path) < 4000 + 500
+    assert "".join(e[2] for e in events if e[1] == "i").startswith("echo typed")
+    assert events[-1][1] == "o" and "recording stopped here, at its size limit" in events[-1][2]
