@@ -46,15 +46,15 @@ def _try(fn):
         return None
 
 
-def log_lines(hw, kind: str, **match) -> list[dict]:
+def log_lines(hw, which: str, **match) -> list[dict]:
     """The daemon's `session start|end` lines, parsed (key=value, values with
     spaces JSON-quoted), that carry every field of `match`."""
     out = []
     for line in hw.daemon_log().splitlines():
-        if f"session {kind} " not in line:
+        if f"session {which} " not in line:
             continue
         fields = {}
-        rest = line.split(f"session {kind} ", 1)[1]
+        rest = line.split(f"session {which} ", 1)[1]
         while rest:
             key, _, rest = rest.partition("=")
             if rest.startswith('"'):
