@@ -36,7 +36,8 @@ def value(samples: dict, name: str, **labels) -> float:
 
 
 def daemon_metrics(hw) -> dict:
-    return wait_for(lambda: _try(scrape), 15, 0.2, what="the daemon's metrics")
+    # (a fresh daemon's counters have no samples yet: {} is an answer too)
+    return wait_for(lambda: _try(lambda: [scrape()]), 15, 0.2, what="the daemon's metrics")[0]
 
 
 def _try(fn):
