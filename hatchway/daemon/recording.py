@@ -29,7 +29,9 @@ class Recorder:
                  max_size: int, record_input: bool):
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                      0o640)
-        self.file = os.fdopen(fd, "w", encoding="utf-8", buffering=1 << 16)
+        # line-buffered: a recording on disk is as current as the session,
+        # whatever happens to this process
+        self.file = os.fdopen(fd, "w", encoding="utf-8", buffering=1)
         self.path = path
         self.start = time.monotonic()
         self.max_size = max_size

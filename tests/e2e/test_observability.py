@@ -217,6 +217,9 @@ def test_a_recorded_session_replays_to_what_the_user_saw_and_others_are_not_reco
     new = wait_for(lambda: casts("alice") - before_alice, 10, what="alice's recording")
     assert len(new) == 1
     path = os.path.join(RECORDINGS, "alice", new.pop())
+    sid = os.path.basename(path)[16:-5]
+    wait_for(lambda: [e for e in log_lines(hw, "end", user="alice", command="shell")
+                      if e["session"].startswith(sid)], 10, what="the recorded session's end")
     assert oct(os.stat(path).st_mode & 0o777) == "0o640"
     header, events = cast_events(path)
     assert (header["version"], header["width"], header["height"]) == (2, 100, 30)
@@ -226,7 +229,6 @@ def test_a_recorded_session_replays_to_what_the_user_saw_and_others_are_not_reco
     times = [e[0] for e in events]
     assert times == sorted(times)
     # replayed by the admin command, and by asciinema itself
-    sid = os.path.basename(path)[16:-5]
     play = subprocess.run(["hatchway", "sessions", "play", sid, "--cat"], capture_output=True,
                           text=True, timeout=60)
     assert play.returncode == 0 and play.stdout == seen
@@ -247,6 +249,9 @@ def test_input_is_recorded_only_when_asked_and_the_size_cap_cuts_cleanly(hw):
                   "typed-6")
     new = wait_for(lambda: casts("alice") - before, 10, what="alice's recording")
     path = os.path.join(RECORDINGS, "alice", new.pop())
+    sid = os.path.basename(path)[16:-5]
+    wait_for(lambda: [e for e in log_lines(hw, "end", user="alice", command="shell")
+                      if e["session"].startswith(sid)], 10, what="the recorded session's end")
     header, events = cast_events(path)                  # every line whole JSON
     assert os.path.getsize(path) < 4000 + 500
     assert "".join(e[2] for e in events if e[1] == "i").startswith("echo typed")
