@@ -114,17 +114,24 @@ def bind_events(socket_path: str) -> socket.socket:
 
 
 def serve(socket_path: str, listen: str) -> None:
-    """The metrics process's whole life."""
+    """The metrics process's whole life: it ends with the main process that
+    started it (however that one ends), so a new main process finds the port
+    and the events socket free."""
     from prometheus_client import start_http_server
+    parent = os.getppid()
     m = Metrics(socket_path)
-    sock = bind_events(socket_path)
     host, port = parse_listen(listen)
-    start_http_server(port, host, m.registry)
+    start_http_server(port, host, m.registry)       # first: a taken port takes nothing else
+    sock = bind_events(socket_path)
+    sock.settimeout(1.0)
     log.info("metrics on http://%s:%d/metrics", host, port)
     me = os.getuid()
     creds = struct.calcsize("3i")
-    while True:
-        data, anc, _, _ = sock.recvmsg(MAX_EVENT, socket.CMSG_SPACE(creds))
+    while os.getppid() == parent:
+        try:
+            data, anc, _, _ = sock.recvmsg(MAX_EVENT, socket.CMSG_SPACE(creds))
+        except socket.timeout:
+            continue
         sender = next((struct.unpack("3i", d[:creds]) for lvl, typ, d in anc
                        if lvl == socket.SOL_SOCKET and typ == socket.SCM_CREDENTIALS), None)
         if sender is None or sender[1] not in (me, 0):
