@@ -155,6 +155,7 @@ def test_sessions_list_and_kill_one_of_two(hw):
                                check=True).stdout
         assert "alice" in table and "bob" in table and table.startswith("SESSION")
 
+        before = daemon_metrics(hw)
         t0 = time.monotonic()
         k = subprocess.run(["hatchway", "sessions", "kill", alice["session"]],
                            capture_output=True, text=True, timeout=60)
@@ -169,6 +170,13 @@ def test_sessions_list_and_kill_one_of_two(hw):
         end = wait_for(lambda: log_lines(hw, "end", user="alice", reason="killed"), 10,
                        what="alice's end line")
         assert end and time.monotonic() - t0 < 60
+        # the metrics say so too: one killed, one still active
+        after = wait_for(lambda: (lambda m: m if value(m, "hatchway_sessions_ended_total",
+                                                       reason="killed") > 0 else None)(
+            daemon_metrics(hw)), 15, 0.2, what="the kill in the metrics")
+        assert value(after, "hatchway_sessions_ended_total", reason="killed") == \
+            value(before, "hatchway_sessions_ended_total", reason="killed") + 1
+        assert value(after, "hatchway_sessions_active", backend="docker") == 1
     finally:
         for p in (a, b):
             p.kill()
