@@ -61,7 +61,10 @@ class FrameReader:
             if len(self.buf) < 4 + n:
                 break
             raw, self.buf = self.buf[4:4 + n], self.buf[4 + n:]
-            obj = json.loads(raw.decode("utf-8"))
+            try:
+                obj = json.loads(raw.decode("utf-8"))
+            except RecursionError:      # [[[[...: nesting deeper than the parser's stack
+                raise ValueError("frame nested too deeply") from None
             if not isinstance(obj, dict) or not isinstance(obj.get("type"), str):
                 raise ValueError("frame is not an object with a type")
             frames.append(obj)

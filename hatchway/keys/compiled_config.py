@@ -73,7 +73,7 @@ def load_auth(path: str, state_dir: str = DEFAULT_DIR) -> tuple[dict, bool]:
                 entry = json.load(f)
             if entry.get("tag") == tag and isinstance(entry.get("auth"), dict):
                 return entry["auth"], True
-        except (OSError, ValueError, AttributeError):
+        except (OSError, ValueError, AttributeError, RecursionError):
             pass
     try:
         text = raw.decode("utf-8")

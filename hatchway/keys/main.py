@@ -96,7 +96,7 @@ class Cache:
             if not isinstance(opts, list) or not all(isinstance(o, str) for o in opts):
                 return None
             return opts
-        except (OSError, ValueError, KeyError, TypeError):
+        except (OSError, ValueError, KeyError, TypeError, RecursionError):
             return None
 
     def put(self, user: str, fp: str, options: list[str]) -> None:

@@ -59,6 +59,10 @@ def main(case: str) -> None:
         socket.send_fds(s, [hello(command_b64="***")], pipes())
     elif case == "half-open":
         s.sendall(struct.pack(">I", 100) + b'{"type"')   # and then nothing
+    elif case == "nested":
+        # valid JSON under the frame limit, nested deeper than the parser's stack
+        h = hello()[4:].rstrip(b"}") + b', "x": ' + b"[" * 100000 + b"]" * 100000 + b"}"
+        socket.send_fds(s, [struct.pack(">I", len(h)) + h], pipes())
     elif case == "eof":
         s.shutdown(socket.SHUT_WR)
     s.settimeout(30)

@@ -28,6 +28,7 @@ def _as_alice(case: str, timeout=60) -> str:
 @pytest.mark.parametrize("case,answer,logged", [
     ("garbage", "error: malformed hello", "garbage on the socket"),
     ("oversized", "error: malformed hello", "exceeds the limit"),
+    ("nested", "error: malformed hello", "nested too deeply"),
     ("no-fds", "error: expected exactly three descriptors", "got 0 fds"),
     ("four-fds", "error: expected exactly three descriptors", "got 4 fds"),
     ("many-fds", "error: too many descriptors", "too many fds"),

@@ -224,6 +224,7 @@ def test_missing_config(env, tmp_path):
     ("auth:\n  webhook:\n    url: ftp://x\n", "auth.webhook.url"),
     ("auth:\n  webhook:\n    timeout: soon\n", "auth.webhook.timeout"),
     ("auth:\n  nonsense: 1\n", "unknown key"),
+    pytest.param("auth: " + "[" * 100000, "nested too deeply", id="nesting-bomb"),
 ])
 def test_broken_config(env, tmp_path, text, reason):
     cfg = tmp_path / "hatchway.yaml"

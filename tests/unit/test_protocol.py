@@ -24,6 +24,13 @@ def test_garbage_is_an_error(payload):
         FrameReader().feed(struct.pack(">I", len(payload)) + payload)
 
 
+def test_a_nesting_bomb_is_an_error_not_a_crash():
+    # under MAX_FRAME, but deeper than the JSON parser's stack
+    payload = b'{"type": "hello", "env": ' + b"[" * 200000 + b"]" * 200000 + b"}"
+    with pytest.raises(ValueError, match="nested too deeply"):
+        FrameReader().feed(struct.pack(">I", len(payload)) + payload)
+
+
 def test_lone_surrogates_survive_json():
     env = {"X": b"\xff".decode("utf-8", "surrogateescape")}
     frame = FrameReader().feed(pack({"type": "hello", "env": env}))[0]
