@@ -487,13 +487,17 @@ def load_text(text: str, fname: str = "<config>") -> dict:
         raise ConfigError(f"{fname}: not valid YAML: nested too deeply") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
-        line = mark.line + 1 if mark else 0
-        problem = getattr(e, "problem", None) or str(e)
+        if mark is not None:
+            line = mark.line + 1
+        elif isinstance(getattr(e, "position", None), int):     # a character YAML refuses
+            line = text.count("\n", 0, e.position) + 1
+        else:
+            line = 0
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
         raise ConfigError(f"{fname}:{line}: not valid YAML: {problem}") from None
-    if node is None:
-        return defaults()
-    given = _convert(node, schema(), "", fname)
-    return merge(defaults(), given)
+    given = None if node is None else _convert(node, schema(), "", fname)
+    # an empty file and an explicit `null` document both mean: all defaults
+    return merge(defaults(), given or {})
 
 
 def typed(cfg: dict):

@@ -72,7 +72,7 @@ def _decode(body: bytes, method: str):
         return None
     try:
         data = json.loads(body.decode("utf-8")) if body.strip() else None
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):     # the last: a nesting bomb
         raise Refused("the request body is not JSON", 400) from None
     if not isinstance(data, dict):
         raise Refused("the request body must be a JSON object", 400)

@@ -137,7 +137,7 @@ class Handler(BaseHTTPRequestHandler):
                 return
             try:
                 data = json.loads(body.decode("utf-8"))
-            except (UnicodeDecodeError, ValueError):
+            except (UnicodeDecodeError, ValueError, RecursionError):    # the last: a bomb
                 data = None
             if not isinstance(data, dict):
                 raise Refused("expected a JSON object", 400)

@@ -242,3 +242,20 @@ def test_keep_alive_serves_several_requests_on_one_connection(server):
         r = c.getresponse()
         assert json.loads(r.read())["success"] is True
     c.close()
+
+
+def test_a_nesting_bomb_is_a_bad_request_not_an_internal_error(server):
+    bomb = b"[" * 10_000 + b"]" * 10_000
+    for path in ("/pubkey", "/v1/users"):
+        headers = {"Content-Type": "application/json"}
+        if path.startswith("/v1"):
+            headers["Authorization"] = "Bearer " + admin_token_for(server)
+        status, reply, _ = call(server, "POST", path, raw=bomb, headers=headers)
+        assert status == 400, (path, status, reply)
+    assert alive(server)
+
+
+def admin_token_for(srv) -> str:
+    admin_token.ensure(Store(srv.db_path), srv.token_file)
+    with open(srv.token_file) as f:
+        return f.read().strip()
