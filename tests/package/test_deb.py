@@ -149,7 +149,7 @@ def test_every_config_key_is_documented(deb):
             else:
                 yield prefix + k
 
-    schema_keys = set(leaves(config.SCHEMA))
+    schema_keys = set(leaves(config.schema()))
     text = man_text(deb, "/usr/share/man/man5/hatchway.yaml.5.gz")
     keys = text.split(".SH KEYS", 1)[1].split("\n.SH ", 1)[0]
     documented = {m.replace("\\-", "-") for m in re.findall(r"^\.TP\n\.B (\S+)$", keys, re.M)}

@@ -26,7 +26,7 @@ from hatchway.webhook import token as admin_token
 from hatchway.webhook.store import Store
 from tests.e2e.webhook_servers import RawServer, http_response
 
-FAST = settings(max_examples=150, deadline=None,
+FAST = settings(max_examples=150, deadline=None, database=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture,
                                        HealthCheck.too_slow])
 
