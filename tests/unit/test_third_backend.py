@@ -26,9 +26,13 @@ def dummy(monkeypatch, tmp_path):
     monkeypatch.setattr(config, "_SCHEMA", [])      # the schema is built once per process
     state = tmp_path / "state"
     path = tmp_path / "hatchway.yaml"
+    # the daemon's run directory too: `sessions kill` ends live sessions that
+    # are recorded there, and this machine's real ones are none of our business
     path.write_text(yaml.safe_dump({"backend": "dummy",
                                     "dummy": {"state_dir": str(state), "greeting": "hello"},
-                                    "daemon": {"hello_timeout": "5s"}}))
+                                    "daemon": {"hello_timeout": "5s",
+                                               "socket": str(tmp_path / "hatchwayd.sock")},
+                                    "metrics": {"listen": None}}))
     return path
 
 
