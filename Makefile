@@ -20,7 +20,7 @@ LOCK    := flock -o /run/lock/hatchway-e2e.lock
 # this host, so without the lock.
 PACKAGE_TEST := $(PYTHON) -m pytest -q -rfE tests/package $(PACKAGE_TEST_ARGS)
 
-.PHONY: deps lint deb install demo test unit e2e contract package-test bench clean
+.PHONY: fuzz deps lint deb install demo test unit e2e contract package-test bench clean
 
 # Everything Python of ours, the extensionless entry points included.
 LINTED := hatchway tests keyhelper/hatchway-keys shim/hatchway-shell shim/hatchwayd packaging/bin/hatchway
@@ -46,6 +46,12 @@ demo: install
 
 unit:
 	$(PYTHON) -m pytest -q tests/unit
+
+# The fuzz tests with fresh random seeds and many more examples than the
+# test run's fixed 150 (FUZZ=N); not part of `make test`.
+FUZZ ?= 3000
+fuzz:
+	HATCHWAY_FUZZ_EXAMPLES=$(FUZZ) $(PYTHON) -m pytest -q tests/unit/test_fuzz.py
 
 E2E ?= tests/e2e
 e2e:

@@ -5,6 +5,15 @@ build them without importing the config schema or the HTTP client on every
 run."""
 
 
+def one_line(text: str) -> str:
+    """`text` with every unprintable character escaped: messages quote what
+    users sent (paths, names), and a newline in one would forge a second
+    line in whatever log or terminal shows it."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 class HatchwayError(Exception):
     """What went wrong, for a person: `message` is one line fit for whoever
     caused it (an SSH user sees it as `hatchway: <message>`, an admin as the
@@ -14,6 +23,7 @@ class HatchwayError(Exception):
     code = 1
 
     def __init__(self, message: str, log_reason: str | None = None, code: int | None = None):
+        message = one_line(message)
         super().__init__(message)
         self.message = message
         self.log_reason = log_reason or message
