@@ -12,7 +12,7 @@ import pexpect
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from .stack import WEBHOOK_PORT, wait_for
+from .stack import WEBHOOK_PORT, run, wait_for
 
 METRICS = "http://127.0.0.1:9733/metrics"       # the default metrics.listen
 
@@ -72,8 +72,11 @@ def log_lines(hw, which: str, **match) -> list[dict]:
 def test_metrics_count_real_logins_by_outcome(hw):
     before = daemon_metrics(hw)
     hooks = scrape(f"http://127.0.0.1:{WEBHOOK_PORT}/metrics")
-    # ok, and an exit status
-    assert hw.ssh("alice", "exit 3").returncode == 3
+    # ok, and an exit status; with a key of its own, so that hatchway-keys'
+    # cache (alice logged in before, in other tests) cannot answer for the webhook
+    fresh = hw.keygen("alice-metrics")
+    run(["hatchway", "keys", "add", "alice", f"{fresh}.pub", "--db", str(hw.db)], check=False)
+    assert hw.ssh("alice", "exit 3", key=fresh).returncode == 3
     # a key nobody registered: sshd refuses it after asking the webhook
     assert hw.ssh("alice", "true", key=hw.keygen("stranger")).returncode == 255
     after = wait_for(lambda: (lambda m: m if value(m, "hatchway_sessions_ended_total")
