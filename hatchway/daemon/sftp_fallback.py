@@ -260,14 +260,14 @@ class Watch(Process):
             with self._cond:
                 self._watching = False
                 seen, self._seen = b"".join(self._seen), []
-                if not item[1].startswith(MARKER):
+                if bytes(item[1][:len(MARKER)]) != MARKER:
                     # a real server: from now on only pace the client's requests
                     pacer = Pacer(self.proc.send)
                     pacer.send(seen, forwarded=True)
                     pacer.answered_by(item[1])
                     self._pacer = pacer
                     return item
-                self._responder = Responder(item[1].split(b"\n", 1)[0])
+                self._responder = Responder(bytes(item[1]).split(b"\n", 1)[0])
                 log.info("container %s has no sftp server; telling the client in SFTP", self.id)
                 self._answer(seen)
         with self._cond:
