@@ -116,10 +116,22 @@ class DockerBackend(Backend):
 
     def start(self, spec: SessionSpec) -> Process:
         d = spec.config.docker
-        self._ensure_image(d.image, d.pull, d.start_timeout)
+        if d.pull == "Always":
+            self._ensure_image(d.image, d.pull, d.start_timeout)
+        body, name = container_spec(spec), container_name(spec)
         try:
-            cid = self.api.create(container_spec(spec), container_name(spec))
+            try:
+                cid = self.api.create(body, name)
+            except DockerError as e:
+                # The image is there on almost every start: ask dockerd only
+                # when create says it is not (saves a request per session).
+                if e.status != 404 or d.pull == "Always":
+                    raise
+                self._ensure_image(d.image, d.pull, d.start_timeout)
+                cid = self.api.create(body, name)
         except DockerError as e:
+            if e.status == 0:
+                raise BackendError(f"cannot reach the container engine: {e}") from None
             raise BackendError(f"cannot create the container: {e}") from None
         stream = waiter = None
         try:
