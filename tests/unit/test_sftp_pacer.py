@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from shim.sftp_fallback import Pacer
+from hatchway.daemon.sftp_fallback import Pacer
 
 
 def packet(i: int, size: int) -> bytes:

@@ -82,7 +82,7 @@ def test_pscp_100mb_both_protocols_both_directions(hw, data, putty, tmp_path, bi
     args, env = putty
     for protocol in ("-scp", "-sftp"):
         # PuTTY uploads in 4 KB writes with no bound on outstanding requests;
-        # hatchwayd paces them (shim/sftp_fallback.Pacer), or OpenSSH's
+        # hatchwayd paces them (hatchway/daemon/sftp_fallback.Pacer), or OpenSSH's
         # sftp-server queues the whole file and goes quadratic.
         up = f"up{protocol}.bin"
         run(["pscp", "-q", protocol, *args, src, f"alice@{HOST}:/data/{up}"], env=env, timeout=300)
