@@ -15,10 +15,12 @@ session ends:
 from __future__ import annotations
 
 import errno
+import fcntl
 import logging
 import os
 import select
 import socket
+import stat
 import threading
 from dataclasses import dataclass
 
@@ -29,6 +31,23 @@ from . import terminal
 
 log = logging.getLogger("hatchwayd")
 
+PIPE_SIZE = 1 << 20     # /proc/sys/fs/pipe-max-size: what an unprivileged process may ask
+CHUNK = 1 << 20
+
+
+def _is_pipe(fd: int) -> bool:
+    try:
+        return stat.S_ISFIFO(os.fstat(fd).st_mode)
+    except OSError:
+        return False
+
+
+def _grow_pipe(fd: int) -> None:
+    """Fewer, larger reads and writes on sshd's pipes (64 KiB by default)."""
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+    except OSError:
+        pass
 
 
 @dataclass
@@ -64,9 +83,13 @@ class Relay:
 
     def _pump_in(self) -> None:
         fd = self.fds[0]
+        target = getattr(self.proc, "stdin_fileno", lambda: None)()
+        if target is not None and not self.pty and _is_pipe(fd):
+            if self._splice_in(fd, target):
+                return
         while True:
             try:
-                data = os.read(fd, 1 << 16)
+                data = os.read(fd, CHUNK)
             except OSError as e:
                 if e.errno == errno.EINTR:
                     continue
@@ -86,6 +109,24 @@ class Relay:
             self.on_activity()
             if self.recorder:
                 self.recorder.input(data)
+
+    def _splice_in(self, fd: int, target: int) -> bool:
+        """sshd's stdin pipe straight into the container's stream, in the
+        kernel.  False if splice is not possible here (then nothing was moved)."""
+        while True:
+            try:
+                n = os.splice(fd, target, CHUNK)
+            except OSError as e:
+                if e.errno == errno.EINTR:
+                    continue
+                if e.errno in (errno.EINVAL, errno.ENOSYS) and not self.bytes_in:
+                    return False
+                return True     # the command is gone; the output side ends the session
+            if not n:
+                self.proc.close_stdin()
+                return True
+            self.bytes_in += n
+            self.on_activity()
 
     def _pump_out(self) -> None:
         while True:
@@ -152,6 +193,10 @@ class Relay:
 
     def run(self) -> Outcome:
         saved = terminal.make_raw(self.fds[0]) if self.pty else None
+        if not self.pty:
+            for fd in self.fds:
+                if _is_pipe(fd):
+                    _grow_pipe(fd)
         threads = [threading.Thread(target=self._pump_in, daemon=True, name="in"),
                    threading.Thread(target=self._pump_out, daemon=True, name="out")]
         for t in threads:

@@ -8,7 +8,9 @@ load hits both:
                   vs plain sshd to a host `true` (same sshd, user outside
                   hatchway-users), `docker run --rm` of the same image, and their sum
   throughput      200 MB out of / into a session vs `docker run -i` of the same
-                  image with the same log driver (none) and init
+                  image with the same log driver (none) and init, plain sshd, and
+                  both in one pipe (`docker run -i` + one ssh hop: the real floor
+                  on a small machine, where ssh's crypto competes for the cores)
   concurrency     N open interactive sessions: hatchwayd's memory per session,
                   keystroke echo round trip, time to open them all; vs the same
                   with plain sshd host shells
@@ -124,12 +126,17 @@ def throughput(hw: Stack, table: Table, size_mb: int, n: int) -> None:
         "in_floor": f"head -c {size} /dev/zero | {dk} wc -c | sh -c '{check}'",
         "out_sshd": f"{plain_out} | wc -c | sh -c '{check}'",
         "in_sshd": f"head -c {size} /dev/zero | {plain_in} | sh -c '{check}'",
+        # the floor that has everything Hatchway's path has: the bytes cross
+        # `docker run -i` and one ssh hop (the same sshd, to a host command)
+        "out_both": f"{dk} head -c {size} /dev/zero | {plain_in} | sh -c '{check}'",
+        "in_both": f"{plain_out} | {dk} wc -c | sh -c '{check}'",
     }, n, 1)
     for way, label in (("out", f"{size_mb} MB out of a session"),
                        ("in", f"{size_mb} MB into a session")):
         h = size_mb / pct(res[way], .5)
         for floor, name in (("_floor", "`docker run -i`, same image and log driver"),
-                            ("_sshd", "plain sshd to a host command")):
+                            ("_sshd", "plain sshd to a host command"),
+                            ("_both", "`docker run -i` piped through one ssh hop")):
             f = size_mb / pct(res[way + floor], .5)
             table.add(f"throughput, {label} (median)", f"{h:.0f} MB/s", name, f"{f:.0f} MB/s",
                       f"{h / f:.2f}×")

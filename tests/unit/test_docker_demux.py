@@ -18,13 +18,25 @@ class Chunks:
     def recv(self, n):
         return self.chunks.pop(0) if self.chunks else b""
 
+    def recv_into(self, view):
+        if not self.chunks:
+            return 0
+        chunk = self.chunks.pop(0)
+        if len(chunk) > len(view):
+            chunk, rest = chunk[:len(view)], chunk[len(view):]
+            self.chunks.insert(0, rest)
+        view[:len(chunk)] = chunk
+        return len(chunk)
+
 
 def demux(data: bytes, size: int) -> list:
     p = DockerProcess.__new__(DockerProcess)
-    p.tty, p.buf, p.pos, p.stream = False, b"", 0, Chunks(data, size)
+    p.tty, p.stream = False, Chunks(data, size)
+    p._buf = bytearray(1 << 16)      # smaller than the largest frame: it must grow
+    p._view, p._pos, p._end = memoryview(p._buf), 0, 0
     out = []
     while (item := p.recv()) is not None:
-        out.append(item)
+        out.append((item[0], bytes(item[1])))   # a view is valid until the next recv
     return out
 
 

@@ -36,6 +36,14 @@ class Stream:
             return data
         return self.sock.recv(n)
 
+    def recv_into(self, view: memoryview) -> int:
+        if self.buffered:
+            n = min(len(view), len(self.buffered))
+            view[:n] = self.buffered[:n]
+            self.buffered = self.buffered[n:]
+            return n
+        return self.sock.recv_into(view)
+
     def close(self) -> None:
         try:
             self.sock.close()

@@ -9,6 +9,7 @@ wait before start means no early output and no exit status is ever lost.
 from __future__ import annotations
 
 import logging
+import mmap
 import re
 import socket
 import struct
@@ -30,6 +31,7 @@ DETACH_KEYS = "ctrl-^,ctrl-^,ctrl-^,ctrl-^"
 # the command.  (Exec and shell sessions need /bin/sh anyway; without stty the
 # size still arrives by the resize after the start.)
 SIZED = 'stty rows "$1" cols "$2" 2>/dev/null; shift 2; exec "$@"'
+RECV_BUFFER = 1 << 20       # one recv_into may bring this much output
 
 
 def api_for(d) -> Docker:
@@ -114,10 +116,22 @@ class DockerBackend(Backend):
 
     def start(self, spec: SessionSpec) -> Process:
         d = spec.config.docker
-        self._ensure_image(d.image, d.pull, d.start_timeout)
+        if d.pull == "Always":
+            self._ensure_image(d.image, d.pull, d.start_timeout)
+        body, name = container_spec(spec), container_name(spec)
         try:
-            cid = self.api.create(container_spec(spec), container_name(spec))
+            try:
+                cid = self.api.create(body, name)
+            except DockerError as e:
+                # The image is there on almost every start: ask dockerd only
+                # when create says it is not (saves a request per session).
+                if e.status != 404 or d.pull == "Always":
+                    raise
+                self._ensure_image(d.image, d.pull, d.start_timeout)
+                cid = self.api.create(body, name)
         except DockerError as e:
+            if e.status == 0:
+                raise BackendError(f"cannot reach the container engine: {e}") from None
             raise BackendError(f"cannot create the container: {e}") from None
         stream = waiter = None
         try:
@@ -260,8 +274,11 @@ class DockerProcess(Process):
         self.stream = stream
         self.waiter = waiter
         self.tty = tty
-        self.buf = b""
-        self.pos = 0
+        # anonymous memory: pages are only there once output fills them (an
+        # interactive session touches one; bytearray() would zero all of it)
+        self._buf = mmap.mmap(-1, RECV_BUFFER)
+        self._view = memoryview(self._buf)
+        self._pos = self._end = 0       # unparsed bytes: _buf[_pos:_end]
         self._gone = False
         self._lock = threading.Lock()
 
@@ -270,44 +287,71 @@ class DockerProcess(Process):
     def send(self, data: bytes) -> None:
         self.stream.sock.sendall(data)
 
+    def stdin_fileno(self) -> int:
+        """Where stdin bytes go as they are (the relay may splice into it)."""
+        return self.stream.sock.fileno()
+
     def close_stdin(self) -> None:
         try:
             self.stream.sock.shutdown(socket.SHUT_WR)
         except OSError:
             pass
 
-    def recv(self) -> tuple[int, bytes] | None:
+    def recv(self) -> tuple[int, memoryview] | None:
+        """The next output as (stream, view).  The view points into this
+        process's receive buffer: valid until the next recv(), so the relay
+        writes it out before asking again (no copy in Python)."""
         if self.tty:
-            data = self._read()
-            return (1, data) if data else None
+            n = self._read_into(0)
+            return (1, self._view[:n]) if n else None
         # Multiplexed: frames of [stream u8][0 0 0][length u32 BE] + payload.
-        # Consecutive whole frames of one stream go out as one piece; the buffer
-        # is only ever re-copied from the first incomplete frame, so the cost
-        # stays linear in the bytes relayed whatever the frame sizes are.
+        # Whole frames of one stream already in the buffer go out as one view:
+        # payloads are moved down over the headers between them (memmove in C).
+        buf, view = self._buf, self._view
         while True:
-            buf, pos, end = self.buf, self.pos, len(self.buf)
-            kind, parts = None, []
+            pos, end = self._pos, self._end
+            kind = out_start = out_end = None
             while end - pos >= 8:
                 k, n = struct.unpack_from(">BxxxL", buf, pos)
-                if end - pos < 8 + n or (kind is not None and k != kind):
+                if end - pos < 8 + n:
                     break
                 if n:
-                    kind = k
-                    parts.append(buf[pos + 8:pos + 8 + n])
+                    if kind is None:
+                        kind, out_start, out_end = k, pos + 8, pos + 8 + n
+                    elif k != kind:
+                        break
+                    else:
+                        if pos + 8 != out_end:
+                            buf[out_end:out_end + n] = view[pos + 8:pos + 8 + n]
+                        out_end += n
                 pos += 8 + n
-            self.pos = pos
-            if parts:
-                return (2 if kind == 2 else 1), b"".join(parts)
-            data = self._read()
-            if not data:
+            self._pos = pos
+            if kind is not None:
+                return (2 if kind == 2 else 1), view[out_start:out_end]
+            # keep the incomplete frame's bytes, at the front of the buffer
+            if pos:
+                left = end - pos
+                if left:
+                    buf[:left] = view[pos:end]
+                self._pos, self._end = 0, left
+            if self._end == len(buf):           # a frame larger than the buffer
+                self._grow()
+                buf, view = self._buf, self._view
+            got = self._read_into(self._end)
+            if not got:
                 return None
-            self.buf, self.pos = buf[pos:] + data, 0
+            self._end += got
 
-    def _read(self) -> bytes:
+    def _grow(self) -> None:
+        buf = bytearray(2 * len(self._buf))
+        buf[:self._end] = self._view[:self._end]
+        self._buf, self._view = buf, memoryview(buf)
+
+    def _read_into(self, at: int) -> int:
         try:
-            return self.stream.recv(1 << 18)
+            return self.stream.recv_into(self._view[at:])
         except OSError:
-            return b""
+            return 0
 
     # -- control
 
