@@ -169,11 +169,13 @@ class Target:
     # -- seen from outside: the engine's own view, not the backend's client
 
     def leftovers(self, session_id: str | None = None) -> list[str]:
-        """Names of containers/pods of this target's sessions (or of one) that exist."""
+        """Containers/pods of this target's sessions (or of one) that exist, by
+        the name the backend gives them (Found.name: container id, pod name)."""
         ids = [session_id] if session_id else self.session_ids
         if self.name == "docker":
             out = subprocess.run(
-                ["docker", "ps", "-a", "--format", "{{.Names}} {{.Label \"io.hatchway.session\"}}",
+                ["docker", "ps", "-a", "--no-trunc",
+                 "--format", "{{.ID}} {{.Label \"io.hatchway.session\"}}",
                  "--filter", "label=io.hatchway.managed=true",
                  "--filter", f"label=io.hatchway.user={USER}"],
                 capture_output=True, text=True, check=True).stdout
