@@ -34,15 +34,16 @@ def host_id() -> str:
 
 
 def process_token(pid: int) -> str:
+    """pid:starttime of a live process (why no boot id: core/connection.py)."""
     _, _, start = connection.proc_stat(pid)
-    return f"{connection.boot_id()}:{pid}:{start}"
+    return f"{pid}:{start}"
 
 
 def process_alive(token: str) -> bool:
     try:
-        boot, pid_s, start_s = token.split(":")
-        if boot != connection.boot_id():
-            return False
+        # boot:pid:start is what earlier daemons wrote (a package
+        # upgrade keeps their sessions); the boot part is not comparable
+        pid_s, start_s = token.split(":")[-2:]
         _, _, start = connection.proc_stat(int(pid_s))
         return str(start) == start_s and not _zombie(int(pid_s))
     except (ValueError, OSError, IndexError):
