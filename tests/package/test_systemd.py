@@ -179,6 +179,8 @@ def test_both_webhooks_get_one_connection_id(machine):
         machine.run(["systemctl", "restart", "hatchway.service"])
         wait_ready(machine)
         since = machine.run(["date", "+%Y-%m-%d %H:%M:%S"]).stdout.strip()
+        # the key helper must ask the webhook, not answer from its cache
+        machine.sh("rm -f /var/cache/hatchway-keys/*")
         p = ssh(machine, "echo in")
         assert (p.returncode, p.stdout) == (0, "in\n"), p.stderr
         log = machine.run(["journalctl", "-u", "hatchway-webhook", "-o", "cat",
