@@ -273,6 +273,11 @@ class Limits:
     """What the daemon's main process counts (0: no limit)."""
     max_sessions: int = T("int", 200, check=_not_negative)
     max_sessions_per_user: int = T("int", 20, check=_not_negative)
+    # Each session creates a container: a user's loop of logins would keep
+    # the engine busy creating them for everyone.  At most max_starts_per_user
+    # sessions of one user start within any starts_window.
+    max_starts_per_user: int = T("int", 60, check=_not_negative)
+    starts_window: float = T("duration", 60.0)
 
 
 def check_listen(value: str) -> str:

@@ -80,35 +80,71 @@ def test_the_container_user_can_be_the_hosts_user(hw):
 
 # ------------------------------------------------------------------ how many sessions
 
-@pytest.mark.config({"limits": {"max_sessions_per_user": 2, "max_sessions": 3}})
-def test_sessions_per_user_and_per_host_are_capped(hw):
+PER_USER = b"hatchway: you have 2 sessions open, the most allowed; end one and try again\n"
+
+
+@pytest.fixture
+def hold(hw):
+    """hold(user): a session of `user` that stays open until the test ends."""
     held = []
 
-    def hold(user):
+    def start(user):
         p = subprocess.Popen(hw.ssh_argv(user, "echo up; sleep 120"), stdin=subprocess.DEVNULL,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        assert p.stdout.readline() == b"up\n", p.stderr.read()
         held.append(p)
-    try:
-        hold("alice")
-        hold("alice")
-        t0 = time.time()
-        p = hw.ssh("alice", "echo should not run")
-        assert (p.returncode, p.stdout) == (255, b"")
-        assert p.stderr == b"hatchway: you have 2 sessions open, the most allowed; " \
-                           b"end one and try again\n"
-        hold("bob")                                     # bob has his own share ...
-        p = hw.ssh("bob", "echo should not run")        # ... of a host that is now full
-        assert p.stderr == b"hatchway: this host is at its limit of 3 sessions; " \
-                           b"try again later\n"
-        assert no_container_created(hw, "alice", t0)
-        held.pop(0).kill()
-        wait_for(lambda: hw.ssh("alice", "echo again").stdout == b"again\n", 30, 0.5,
-                 what="a session slot for alice")
-    finally:
-        for p in held:
-            p.kill()
-            p.wait()
+        assert p.stdout.readline() == b"up\n", p.stderr.read()
+        return p
+    yield start
+    for p in held:
+        p.kill()
+        p.wait()
+
+
+@pytest.mark.config({"limits": {"max_sessions_per_user": 2, "max_sessions": 3}})
+def test_sessions_per_user_and_per_host_are_capped(hw, hold):
+    first = hold("alice")
+    hold("alice")
+    t0 = time.time()
+    p = hw.ssh("alice", "echo should not run")
+    assert (p.returncode, p.stdout) == (255, b"")
+    assert p.stderr == PER_USER
+    hold("bob")                                     # bob has his own share ...
+    p = hw.ssh("bob", "echo should not run")        # ... of a host that is now full
+    assert p.stderr == b"hatchway: this host is at its limit of 3 sessions; " \
+                       b"try again later\n"
+    assert no_container_created(hw, "alice", t0)
+    first.kill()
+    wait_for(lambda: hw.ssh("alice", "echo again").stdout == b"again\n", 30, 0.5,
+             what="a session slot for alice")
+
+
+@pytest.mark.config({"limits": {"max_sessions_per_user": 2}})
+def test_sessions_outliving_a_daemon_restart_still_count(hw, hold):
+    """The new main process did not fork them: it counts them from their live
+    records (/run/hatchway/sessions) while their session process lives."""
+    first = hold("alice")
+    hold("alice")
+    hw.restart_daemon()
+    p = hw.ssh("alice", "echo should not run")
+    assert (p.returncode, p.stdout, p.stderr) == (255, b"", PER_USER)
+    first.kill()
+    wait_for(lambda: hw.ssh("alice", "echo again").stdout == b"again\n", 30, 0.5,
+             what="a session slot for alice")
+
+
+@pytest.mark.config({"limits": {"max_starts_per_user": 3, "starts_window": "1h"}})
+def test_a_user_starts_only_so_many_sessions_within_the_window(hw):
+    # a new config: a new main process, so a fresh window
+    for i in range(3):
+        p = hw.ssh("alice", f"echo {i}")
+        assert p.stdout == f"{i}\n".encode(), p.stderr
+    t0 = time.time()
+    p = hw.ssh("alice", "echo should not run")
+    assert (p.returncode, p.stdout) == (255, b"")
+    assert p.stderr == b"hatchway: you started 3 sessions within 1h, the most allowed; " \
+                       b"try again later\n"
+    assert no_container_created(hw, "alice", t0)
+    assert hw.ssh("bob", "echo bob").stdout == b"bob\n"     # his own count
 
 
 # ------------------------------------------------------------------ mounts
