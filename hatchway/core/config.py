@@ -244,6 +244,12 @@ SESSION_DAEMON_WIDE = ("host_sftp_commands", "stop_grace")
 WEBHOOK_MAY_SET = ["session.shell", "session.subsystems"]
 
 
+def _not_negative(value):
+    if value is not None and value < 0:
+        raise ValueError("cannot be negative (0 means no limit)")
+    return value
+
+
 @section
 class Policy:
     webhook_may_set: list = T("list", None, item=T("str"))   # default: see schema()
@@ -252,9 +258,26 @@ class Policy:
     allow_host_namespaces: bool = T("bool", False)
     allow_capabilities: list = T("list", [], item=T("str"))
     allow_devices: bool = T("bool", False)
-    max_memory: int | None = T("size", None)
-    max_cpus: float | None = T("float", None)
-    max_pids: int | None = T("int", None)
+    allow_new_privileges: bool = T("bool", False)
+    allow_suid_mounts: bool = T("bool", False)
+    allow_pod_fields: list = T("list", [], item=T("str"))
+    # Every session is limited unless the admin says otherwise: these are
+    # both the maximum and the default (0: no maximum, no default).
+    max_memory: int = T("size", 1 << 30, check=_not_negative)
+    max_cpus: float = T("float", 1.0, check=_not_negative)
+    max_pids: int = T("int", 1024, check=_not_negative)
+
+
+@section
+class Limits:
+    """What the daemon's main process counts (0: no limit)."""
+    max_sessions: int = T("int", 200, check=_not_negative)
+    max_sessions_per_user: int = T("int", 20, check=_not_negative)
+    # Each session creates a container: a user's loop of logins would keep
+    # the engine busy creating them for everyone.  At most max_starts_per_user
+    # sessions of one user start within any starts_window.
+    max_starts_per_user: int = T("int", 60, check=_not_negative)
+    starts_window: float = T("duration", 60.0)
 
 
 def check_listen(value: str) -> str:
@@ -311,6 +334,7 @@ def schema() -> S:
         "policy": policy,
         "recordings": Recordings.SCHEMA,
         "metrics": Metrics.SCHEMA,
+        "limits": Limits.SCHEMA,
         "log": Log.SCHEMA,
     }
     # The whole config, typed: Config(auth=Auth(...), docker=DockerSettings(...), ...)

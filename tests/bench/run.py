@@ -307,6 +307,9 @@ def main(argv=None) -> int:
     table = Table()
     hw = Stack(Path(tempfile.mkdtemp(prefix="hatchway-bench-")))
     hw.base_config["log"] = {"level": "info"}     # debug lines cost time per session
+    # up to 200 sessions of one user at once: over the default limits
+    hw.base_config["limits"] = {"max_sessions": 0, "max_sessions_per_user": 0,
+                                "max_starts_per_user": 0}
     hw.config = hw.base_config
     try:
         hw.start()

@@ -141,6 +141,9 @@ class Stack:
             "docker": {"image": IMAGE},
             "daemon": {"reap_interval": "60s"},
             "log": {"level": "debug"},
+            # the suite starts alice's sessions faster than any person would;
+            # test_isolation checks the rate limit itself
+            "limits": {"max_starts_per_user": 0},
         }
         self.config = self.base_config
 

@@ -11,6 +11,7 @@ would: install the previous build, log in, restart, upgrade, remove, purge.
 
 from __future__ import annotations
 
+import re
 import subprocess
 import time
 
@@ -136,6 +137,10 @@ def test_the_sandbox_is_in_force(machine):
     assert "/home" in webhook
     assert machine.run(["ls", "/root"]).stdout != ""
     assert machine.run(["ls", "-A", f"/proc/{webhook_pid}/root/root"]).stdout == ""
+    # its sandbox still lets the webhook tell local users apart (per-user
+    # connection limits: /proc/self/net/tcp names each socket's owner)
+    log = machine.run(["journalctl", "-u", "hatchway-webhook", "-o", "cat"]).stdout
+    assert "local peers by uid: yes" in log, log
     for unit in UNITS:
         print(machine.run(["systemd-analyze", "security", unit, "--no-pager"],
                           check=False).stdout.splitlines()[-1])
@@ -160,6 +165,33 @@ def test_a_login_goes_through_both_sandboxed_services(machine):
     assert check.returncode == 0, check.stdout
     assert "ok   sshd: drop-in matches the template and is in effect for members only" \
         in check.stdout
+
+
+def test_both_webhooks_get_one_connection_id(machine):
+    """hatchway-keys (run by sshd) and the sandboxed hatchwayd each derive the
+    connection id from sshd's per-connection process (root's): the config
+    webhook must get the id the auth webhook got, so a ContainerSSH server
+    can tie a session to its login."""
+    conf = "/etc/hatchway/hatchway.yaml"
+    machine.sh(f"cp -p {conf} /root/hatchway.yaml.saved && "
+               f"printf 'config_webhook:\\n  url: http://127.0.0.1:8642/config\\n' >> {conf}")
+    try:
+        machine.run(["systemctl", "restart", "hatchway.service"])
+        wait_ready(machine)
+        since = machine.run(["date", "+%Y-%m-%d %H:%M:%S"]).stdout.strip()
+        # the key helper must ask the webhook, not answer from its cache
+        machine.sh("rm -f /var/cache/hatchway-keys/*")
+        p = ssh(machine, "echo in")
+        assert (p.returncode, p.stdout) == (0, "in\n"), p.stderr
+        log = machine.run(["journalctl", "-u", "hatchway-webhook", "-o", "cat",
+                           "--since", since]).stdout
+        auth = re.findall(r"pubkey user='alice' remote=.* connection='(\w+)' -> yes", log)
+        config = re.findall(r"config user='alice' connection='(\w+)'", log)
+        assert auth and config and config[-1] == auth[-1], log
+    finally:
+        machine.sh(f"cp -p /root/hatchway.yaml.saved {conf}")
+        machine.run(["systemctl", "restart", "hatchway.service"])
+        wait_ready(machine)
 
 
 def test_a_terminal_session_is_raw_sized_and_resized(machine):

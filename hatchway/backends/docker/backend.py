@@ -18,7 +18,9 @@ import time
 
 from .. import labels as L
 from ..base import Backend, BackendError, ExitStatus, Found, Process, SessionSpec
+from . import isolation
 from .api import Docker, DockerError, Stream, WaitHandle
+from .settings import NETWORK
 
 log = logging.getLogger("hatchwayd")
 
@@ -54,14 +56,18 @@ def container_spec(spec: SessionSpec) -> dict:
         host["ReadonlyRootfs"] = True
     if d.tmpfs:
         host["Tmpfs"] = dict(d.tmpfs)
-    if d.memory:
+    # After the policy (policy.py) a limit is positive, or the admin set no
+    # maximum and the value means "unlimited" (0, negative or unset)
+    if d.memory and d.memory > 0:
         host["Memory"] = int(d.memory)
-    if d.cpus:
+    if d.cpus and d.cpus > 0:
         host["NanoCpus"] = int(d.cpus * 1e9)
-    if d.pids_limit:
+    if d.pids_limit and d.pids_limit > 0:
         host["PidsLimit"] = int(d.pids_limit)
     if d.network:
         host["NetworkMode"] = d.network
+    if d.no_new_privileges:
+        host["SecurityOpt"] = ["no-new-privileges"]
     if d.mounts:
         host["Mounts"] = list(d.mounts)
     # what the policy (backends/docker/policy.py) has already allowed
@@ -118,6 +124,11 @@ class DockerBackend(Backend):
         d = spec.config.docker
         if d.pull == "Always":
             self._ensure_image(d.image, d.pull, d.start_timeout)
+        if d.network == NETWORK:
+            isolation.ensure_network(self.api)
+        for m in d.mounts:
+            if m["Type"] == "volume":
+                isolation.ensure_volume(self.api, m["Source"], spec.user)
         body, name = container_spec(spec), container_name(spec)
         try:
             try:
@@ -130,9 +141,12 @@ class DockerBackend(Backend):
                 self._ensure_image(d.image, d.pull, d.start_timeout)
                 cid = self.api.create(body, name)
         except DockerError as e:
+            # Docker's words may name host paths: the log has them
             if e.status == 0:
-                raise BackendError(f"cannot reach the container engine: {e}") from None
-            raise BackendError(f"cannot create the container: {e}") from None
+                raise BackendError("cannot reach the container engine",
+                                   f"cannot reach the container engine: {e}") from None
+            raise BackendError("cannot create the session's container",
+                               f"cannot create the container: {e}") from None
         stream = waiter = None
         try:
             stream = self.api.hijack("POST", f"/containers/{cid}/attach",
@@ -145,7 +159,8 @@ class DockerBackend(Backend):
                 if handle is not None:
                     handle.close()
             _safe(lambda: self.api.remove(cid))
-            raise BackendError(f"cannot start the container: {_start_error(e)}") from None
+            raise BackendError(f"cannot start the session's container{_start_error(e)}",
+                               f"cannot start the container: {e}") from None
         proc = DockerProcess(self.api, cid, stream, waiter, spec.pty)
         if spec.pty and spec.size:
             proc.initial_resize(*spec.size)
@@ -155,7 +170,8 @@ class DockerBackend(Backend):
         try:
             present = self.api.image_exists(image)
         except DockerError as e:
-            raise BackendError(f"cannot reach the container engine: {e}") from None
+            raise BackendError("cannot reach the container engine",
+                               f"cannot reach the container engine: {e}") from None
         if policy == "Never" and not present:
             raise BackendError(f"image {image} is not available on this host")
         if policy == "Always" or not present:
@@ -181,8 +197,8 @@ class DockerBackend(Backend):
                 log.warning("pulling %s failed (%s); using the local copy", image, why)
             return
         if why or not _safe(lambda: self.api.image_exists(image)):
-            raise BackendError(f"image {image} is not available here and cannot be pulled"
-                               + (f": {why}" if why else ""))
+            msg = f"image {image} is not available here and cannot be pulled"
+            raise BackendError(msg, msg + (f": {why}" if why else ""))
 
     def list(self, user: str | None = None) -> list[Found]:
         try:
@@ -203,6 +219,13 @@ class DockerBackend(Backend):
             if not self.api.image_exists(d.image):
                 msg = f"docker: image {d.image} is not present"
                 (problems if d.pull == "Never" else notes).append(msg)
+            if d.network == NETWORK:
+                try:
+                    how = isolation.ensure_network(self.api)
+                    notes.append(f"docker: network {NETWORK} {how} (bridge {isolation.BRIDGE}, "
+                                 "no traffic between containers)")
+                except BackendError as e:
+                    problems.append(f"docker: {e.log_reason}")
         except DockerError as e:
             problems.append(f"docker: {e}")
         return problems + _socket_access(d.host), notes
@@ -259,11 +282,10 @@ def _pull_error(progress) -> str:
 
 
 def _start_error(e: DockerError) -> str:
-    msg = str(e)
-    m = re.search(r'exec: "([^"]+)": (executable file not found|no such file)[^"]*', msg)
-    if m:
-        return f"{m.group(1)}: not found in the image"
-    return msg
+    """The part of a start error that is the user's business: a command the
+    image does not have."""
+    m = re.search(r'exec: "([^"]+)": (executable file not found|no such file)[^"]*', str(e))
+    return f": {m.group(1)}: not found in the image" if m else ""
 
 
 class DockerProcess(Process):

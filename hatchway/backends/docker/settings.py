@@ -7,6 +7,11 @@ import re
 
 from hatchway.core.config import PATH, T, section
 
+# The network sessions join by default: Hatchway creates it on first use
+# (backend.py), a bridge without traffic between its containers.
+NETWORK = "hatchway"
+BRIDGE = "hatchway0"            # the host interface, for the admin's firewall rules
+
 
 def _docker_host(value: str) -> str:
     if not re.match(r"^(unix://|tcp://)", value):
@@ -60,7 +65,8 @@ class Settings:
     workdir: str | None = T("str", None)
     hostname: str | None = T("str", None)
     env: dict = T("map", {}, item=T("str"))
-    network: str | None = T("str", None)
+    network: str = T("str", NETWORK,
+                     doc="`hatchway`: the network Hatchway creates, no traffic between containers")
     read_only: bool = T("bool", False)
     tmpfs: dict = T("map", {}, item=T("str"))
     mounts: list = T("list", [], item=T("any"), check=_mounts)
@@ -68,6 +74,7 @@ class Settings:
     cpus: float | None = T("float", None)
     pids_limit: int | None = T("int", None)
     privileged: bool = T("bool", False)
+    no_new_privileges: bool = T("bool", True)
     cap_add: list = T("list", [], item=T("str"))
     cap_drop: list = T("list", [], item=T("str"))
     devices: list = T("list", [], item=T("str"))
