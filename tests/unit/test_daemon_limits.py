@@ -1,5 +1,5 @@
 """What the daemon's main process counts before it forks a session
-(daemon/main.py Children): sessions at once, per user and per host, those a
+(daemon/admission.py Children): sessions at once, per user and per host, those a
 previous main process left running included, and how many sessions a user
 may start within a window.  Live records are real files and their owners
 real processes, as after `systemctl restart hatchway`."""
@@ -13,7 +13,7 @@ import pytest
 
 from hatchway.backends import labels
 from hatchway.core import config
-from hatchway.daemon import live, main
+from hatchway.daemon import admission, live
 
 ALICE, BOB = 1001, 1002
 PER_USER = "you have 2 sessions open, the most allowed; end one and try again"
@@ -67,7 +67,7 @@ def test_sessions_of_a_previous_main_process_count_while_they_live(run_dir, sess
     record(run_dir, "b1", BOB, labels.process_token(b1.pid))
     record(run_dir, "b0", BOB, dead_token())                 # stale: its process is gone
     record(run_dir, "bad", "1002", labels.process_token(b1.pid))   # not a uid: ignored
-    kids = main.Children(limits(), str(run_dir / "hatchwayd.sock"))
+    kids = admission.Children(limits(), str(run_dir / "hatchwayd.sock"))
     assert kids.refusal(ALICE) == HOST_FULL
     b1.kill()
     b1.wait()
@@ -83,7 +83,7 @@ def test_sessions_of_a_previous_main_process_count_while_they_live(run_dir, sess
 
 
 def test_without_records_only_this_processs_children_count(run_dir):
-    kids = main.Children(limits(), str(run_dir / "hatchwayd.sock"))
+    kids = admission.Children(limits(), str(run_dir / "hatchwayd.sock"))
     assert kids.refusal(ALICE) is None
     kids.add(1, ALICE)
     kids.add(2, ALICE)
@@ -93,7 +93,7 @@ def test_without_records_only_this_processs_children_count(run_dir):
 
 
 class Clock:
-    """main.time for the window: monotonic time moves only when told."""
+    """admission.time for the window: monotonic time moves only when told."""
 
     def __init__(self):
         self.mono, self.wall = 1000.0, time.time()
@@ -107,9 +107,9 @@ class Clock:
 
 def test_a_user_may_start_so_many_sessions_within_the_window(run_dir, monkeypatch):
     clock = Clock()
-    monkeypatch.setattr(main, "time", types.SimpleNamespace(monotonic=clock.monotonic,
+    monkeypatch.setattr(admission, "time", types.SimpleNamespace(monotonic=clock.monotonic,
                                                             time=clock.time))
-    kids = main.Children(limits(max_starts_per_user=2, starts_window=60.0, max_sessions=0,
+    kids = admission.Children(limits(max_starts_per_user=2, starts_window=60.0, max_sessions=0,
                                 max_sessions_per_user=0))
     for pid in (1, 2):
         assert kids.refusal(ALICE) is None
@@ -127,12 +127,12 @@ def test_a_user_may_start_so_many_sessions_within_the_window(run_dir, monkeypatc
 def test_a_restart_keeps_the_starts_of_sessions_still_running(run_dir, sessions,
                                                                monkeypatch):
     clock = Clock()
-    monkeypatch.setattr(main, "time", types.SimpleNamespace(monotonic=clock.monotonic,
+    monkeypatch.setattr(admission, "time", types.SimpleNamespace(monotonic=clock.monotonic,
                                                             time=clock.time))
     recent, old = sessions(), sessions()
     record(run_dir, "old", ALICE, labels.process_token(old.pid), clock.wall - 7200)
     record(run_dir, "recent", ALICE, labels.process_token(recent.pid), clock.wall - 10)
-    kids = main.Children(limits(max_starts_per_user=2, starts_window=60.0, max_sessions=0,
+    kids = admission.Children(limits(max_starts_per_user=2, starts_window=60.0, max_sessions=0,
                                 max_sessions_per_user=0), str(run_dir / "hatchwayd.sock"))
     assert kids.refusal(ALICE) is None
     kids.add(7, ALICE)
@@ -142,7 +142,7 @@ def test_a_restart_keeps_the_starts_of_sessions_still_running(run_dir, sessions,
 
 
 def test_no_rate_limit_keeps_nothing():
-    kids = main.Children(limits(max_starts_per_user=0, max_sessions=0,
+    kids = admission.Children(limits(max_starts_per_user=0, max_sessions=0,
                                 max_sessions_per_user=0))
     for pid in range(500):
         kids.add(pid, ALICE)
@@ -153,4 +153,4 @@ def test_no_rate_limit_keeps_nothing():
 @pytest.mark.parametrize("seconds, shown", [(60, "1m"), (3600, "1h"), (7200, "2h"),
                                              (90, "90s"), (0.5, "0.5s")])
 def test_the_window_is_shown_as_the_admin_would_write_it(seconds, shown):
-    assert main._span(seconds) == shown
+    assert admission._span(seconds) == shown
