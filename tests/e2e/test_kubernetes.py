@@ -40,7 +40,7 @@ def test_the_pod_is_labelled_never_restarts_and_has_no_token(kw, k8s):
         labels, notes = pod["metadata"]["labels"], pod["metadata"]["annotations"]
         assert labels["io.hatchway.mode"] == "session" and len(labels["io.hatchway.session"]) == 32
         # the owner token has ':' (not a label value): an annotation the reaper reads
-        assert notes["io.hatchway.process"].count(":") == 2
+        assert notes["io.hatchway.process"].count(":") == 1
         assert pod["spec"]["restartPolicy"] == "Never"
         assert pod["spec"]["automountServiceAccountToken"] is False
     finally:
