@@ -119,6 +119,12 @@ class Relay:
             except OSError as e:
                 if e.errno == errno.EINTR:
                     continue
+                if e.errno == errno.EAGAIN:
+                    # a socket with a timeout is O_NONBLOCK underneath (an
+                    # exec's stream is): wait until both ends can move bytes
+                    select.select([], [target], [])
+                    select.select([fd], [], [])
+                    continue
                 if e.errno in (errno.EINVAL, errno.ENOSYS) and not self.bytes_in:
                     return False
                 return True     # the command is gone; the output side ends the session
