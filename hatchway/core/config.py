@@ -236,6 +236,8 @@ class Session:
     # pty sessions as asciicast (daemon/recording.py): off, output, or all
     # (output and what the user typed)
     record: str = T("enum", "off", choices=("off", "output", "all"))
+    idle_timeout: float = T("duration", 0.0, doc="no byte either way for this long ends it")
+    max_duration: float = T("duration", 0.0, doc="a session ends after this long")
 
 
 # What a `groups:` entry or the config webhook may not change in `session`.

@@ -21,6 +21,7 @@ from hatchway.core.errors import HatchwayError
 from hatchway.shell import pack
 
 from . import commands, events, live, peer, recording, resolve, sftp_fallback, terminal
+from .limits import Limits
 from .relay import Relay
 
 log = logging.getLogger("hatchwayd")
@@ -160,9 +161,10 @@ class Session:
             "pty": spec.pty, "recording": recorder.path if recorder else None, **what})
         events.emit(socket_path, {"e": "start", "latency": time.monotonic() - started, **what})
 
+        s = spec.config.session
         relay = self.relay = Relay(proc, self.fds, spec.pty, self.conn, reader, pending,
-                                   spec.config.session.stop_grace, on_activity=record.touch,
-                                   recorder=recorder)
+                                   s.stop_grace, on_activity=record.touch, recorder=recorder,
+                                   limits=Limits(s.idle_timeout, s.max_duration))
         if self.ending:
             relay.end(self.ending)
         outcome = None
