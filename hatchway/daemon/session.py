@@ -200,6 +200,7 @@ class Session:
                 bytes_in=relay.bytes_in, bytes_out=relay.bytes_out))
             events.emit(socket_path, {"e": "end", "reason": reason, "in": relay.bytes_in,
                                       "out": relay.bytes_out, **what})
+            proc.release()      # a connection's workspace, once its last session is over
 
     def _recorder(self, spec):
         """The session's recorder, when the policy names its user (pty
@@ -250,6 +251,12 @@ class Session:
         )
         spec.labels = labels.for_session(spec.user, spec.session_id, conn_id,
                                          cfg.session.mode, os.getpid())
+        monitor = peer.sshd_monitor(pid)
+        if monitor is not None:
+            try:
+                spec.sshd = labels.process_token(monitor)
+            except (OSError, ValueError, IndexError):
+                pass
         return spec, reader, pending
 
     def _close_fds(self) -> None:
