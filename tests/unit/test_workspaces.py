@@ -1,0 +1,183 @@
+"""backends/workspaces.py: names, the host record of who uses a workspace,
+its lock, and what the reaper does with workspaces (`tend`), against real
+processes and a FAKE backend that only records what it is asked to do."""
+
+import multiprocessing
+import os
+import subprocess
+
+import pytest
+
+from hatchway.backends import labels as L
+from hatchway.backends import workspaces as W
+from hatchway.backends.base import Found
+from hatchway.core import config
+
+
+def test_names_are_valid_pod_names_and_tell_users_apart():
+    names = {W.name_for("persistent", u) for u in ("alice", "Alice", "a.lice", "a_lice")}
+    assert len(names) == 4
+    for n in names | {W.name_for("connection", "Alice.X", "0123456789abcdef0123")}:
+        assert len(n) <= 63 and n == n.lower() and all(c.isalnum() or c == "-" for c in n)
+    assert W.name_for("persistent", "alice") == W.name_for("persistent", "alice")
+    assert W.name_for("connection", "bob", "ab" * 16) == "hatchway-cn-bob-" + "ab" * 8
+
+
+def dead_token() -> str:
+    p = subprocess.Popen(["true"])
+    token = L.process_token(p.pid)
+    p.wait()
+    return token
+
+
+def test_sessions_are_live_while_their_process_is(tmp_path):
+    rec = W.Record("hatchway-ws-a-1", str(tmp_path))
+    with rec.lock():
+        rec.attach("aa", L.process_token(os.getpid()), kind="shell")
+        rec.attach("bb", dead_token())
+    assert [s["session"] for s in rec.live()] == ["aa"]
+    assert {s["session"]: s["alive"] for s in rec.sessions()} == {"aa": True, "bb": False}
+    assert rec.meta()["idle_since"] is None
+    rec.update("aa", pid=7, start=123)
+    assert rec.live()[0]["pid"] == 7
+    assert rec.detach("aa") == 0
+    assert isinstance(rec.meta()["idle_since"], float)     # the last one out starts the clock
+    rec.forget()
+    assert rec.sessions() == [] and rec.meta() == {}
+    assert sorted(os.listdir(tmp_path)) == ["hatchway-ws-a-1.lock"]
+
+
+def _hold(root, name, ready, release):
+    with W.Record(name, root).lock():
+        ready.set()
+        release.wait(10)
+
+
+def test_the_lock_is_exclusive_across_processes(tmp_path):
+    ready, release = multiprocessing.Event(), multiprocessing.Event()
+    p = multiprocessing.Process(target=_hold, args=(str(tmp_path), "hatchway-ws-x-1", ready,
+                                                    release))
+    p.start()
+    assert ready.wait(10)
+    rec = W.Record("hatchway-ws-x-1", str(tmp_path))
+    with rec.lock(wait=False) as got:
+        assert got is False
+    release.set()
+    p.join(10)
+    with rec.lock(wait=False) as got:
+        assert got is True
+
+
+def test_names_that_could_escape_the_directory_are_refused(tmp_path):
+    for bad in ("../x", "a/b", "", "X"):
+        with pytest.raises(ValueError):
+            W.Record(bad, str(tmp_path))
+    rec = W.Record("hatchway-ws-a-1", str(tmp_path))
+    with pytest.raises(ValueError):
+        rec.update("../../etc", pid=1)
+
+
+class FakeBackend:
+    """Records what tend asks of it."""
+    keeps_stopped = True
+
+    def __init__(self):
+        self.calls = []
+
+    def remove(self, f):
+        self.calls.append(("remove", f.name))
+        return True
+
+    def stop(self, f):
+        self.calls.append(("stop", f.name))
+        return True
+
+    def kill_session(self, f, pid, start):
+        self.calls.append(("kill", f.name, pid, start))
+        return True
+
+
+def ws(mode, name, running=True, going=False):
+    return Found(name, {L.MODE: mode, L.WORKSPACE: name, L.USER: "alice"},
+                 "running" if running else "exited", going=going, running=running)
+
+
+DEFAULTS = config.typed(config.defaults()).workspace      # idle 1h, grace 2s, never removed
+
+
+def test_what_a_dead_session_left_is_killed_and_its_record_dropped(tmp_path):
+    b, root = FakeBackend(), str(tmp_path)
+    rec = W.Record("hatchway-ws-a-1", root)
+    with rec.lock():
+        rec.attach("aa", L.process_token(os.getpid()))
+        rec.attach("bb", dead_token(), pid=42, start=9)
+    rec.update("bb", pid=42, start=9)
+    done = W.tend(b, [ws("persistent", rec.name)], root, DEFAULTS)
+    assert b.calls == [("kill", rec.name, 42, 9)] and len(done) == 1
+    assert [s["session"] for s in rec.sessions()] == ["aa"]
+
+
+def test_a_persistent_workspace_is_stopped_when_idle_and_removed_when_expired(tmp_path):
+    b, root = FakeBackend(), str(tmp_path)
+    rec = W.Record("hatchway-ws-a-1", root)
+    rec.set_meta(idle_since=1000.0, idle_timeout=60, remove_after=3600)
+    W.tend(b, [ws("persistent", rec.name)], root, DEFAULTS, now=1059)
+    assert b.calls == []
+    W.tend(b, [ws("persistent", rec.name)], root, DEFAULTS, now=1060)
+    assert b.calls == [("stop", rec.name)] and rec.meta()["stopped_at"] == 1060
+    W.tend(b, [ws("persistent", rec.name, running=False)], root, DEFAULTS, now=4659)
+    assert b.calls == [("stop", rec.name)]
+    W.tend(b, [ws("persistent", rec.name, running=False)], root, DEFAULTS, now=4660)
+    assert b.calls[-1] == ("remove", rec.name) and rec.meta() == {}
+
+
+def test_a_workspace_in_use_or_being_attached_is_left_alone(tmp_path):
+    b, root = FakeBackend(), str(tmp_path)
+    rec = W.Record("hatchway-cn-a-1", root)
+    with rec.lock():
+        rec.attach("aa", L.process_token(os.getpid()))
+    rec.set_meta(idle_since=0.0, connection_grace=0)
+    W.tend(b, [ws("connection", rec.name)], root, DEFAULTS, now=10**9)
+    assert b.calls == []
+    rec.drop("aa")
+    with rec.lock():                    # a session is being attached right now
+        W.tend(b, [ws("connection", rec.name)], root, DEFAULTS, now=10**9)
+    assert b.calls == []
+    W.tend(b, [ws("connection", rec.name)], root, DEFAULTS, now=10**9)
+    assert b.calls == [("remove", rec.name)]
+
+
+def test_a_connection_workspace_goes_after_the_grace_or_with_its_connection(tmp_path):
+    b, root = FakeBackend(), str(tmp_path)
+    rec = W.Record("hatchway-cn-a-1", root)
+    me = L.process_token(os.getpid())
+    rec.set_meta(idle_since=100.0, connection_grace=5, sshd=me)
+    W.tend(b, [ws("connection", rec.name)], root, DEFAULTS, now=104)
+    assert b.calls == []                # its connection lives and the grace runs
+    W.tend(b, [ws("connection", rec.name)], root, DEFAULTS, now=105)
+    assert b.calls == [("remove", rec.name)]
+    rec.set_meta(idle_since=100.0, connection_grace=5, sshd=dead_token())
+    W.tend(b, [ws("connection", rec.name)], root, DEFAULTS, now=101)
+    assert b.calls[-1] == ("remove", rec.name)
+
+
+def test_a_record_without_a_workspace_is_dropped(tmp_path):
+    b, root = FakeBackend(), str(tmp_path)
+    rec = W.Record("hatchway-ws-gone-1", root)
+    rec.set_meta(idle_since=1.0)
+    W.tend(b, [], root, DEFAULTS)
+    assert rec.meta() == {} and b.calls == []
+
+
+def test_release_waits_for_the_grace_and_a_new_session_takes_over(tmp_path):
+    rec = W.Record("hatchway-cn-a-1", str(tmp_path))
+    removed = []
+    assert W.release_connection(rec, 0.3, L.process_token(os.getpid()),
+                                lambda: removed.append(1) or True)
+    assert removed == [1]
+    # (a grace of an hour: waiting it out would hang the test)
+    with rec.lock():
+        rec.attach("cc", L.process_token(os.getpid()))
+    assert not W.release_connection(rec, 3600, L.process_token(os.getpid()), lambda: True)
+    rec.drop("cc")                      # the connection has gone: no grace
+    assert W.release_connection(rec, 3600, dead_token(), lambda: True)
