@@ -1,0 +1,177 @@
+"""Workspaces on Kubernetes, end to end: the real sshd stack against the REAL
+single-node cluster of tests/setup/k8s-cluster (see test_kubernetes.py).
+`persistent`: one pod per user, every login an exec into it; a pod cannot be
+stopped, so an idle stop deletes it and what must survive lives in a volume
+of the pod template (a hostPath per user here).  `connection`: one pod per
+SSH connection."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import threading
+from pathlib import Path
+
+import pexpect
+import pytest
+
+from .stack import run, wait_for
+from . import test_kubernetes
+from .test_kubernetes import EXTERNAL, k8s_config, pods
+
+cluster = test_kubernetes.cluster         # its fixture: the cluster, up for this module
+
+HOMES = Path("/srv/hatchway-test-k8s")        # on the node, which is this host
+
+
+def workspace_config(cluster, tmp, mode: str, **workspace) -> dict:
+    cfg = k8s_config(cluster, tmp)
+    c = cfg["kubernetes"]["pod"]["containers"][0]
+    c["volumeMounts"] = [{"name": "home", "mountPath": "/root"}]
+    cfg["kubernetes"]["pod"]["volumes"] = [{"name": "home", "hostPath": {
+        "path": f"{HOMES}/{{user}}", "type": "DirectoryOrCreate"}}]
+    cfg["policy"] = {"mount_prefixes": [str(HOMES)]}
+    cfg["session"] = dict(cfg["session"], mode=mode)
+    cfg["daemon"] = {"reap_interval": "1s"}
+    cfg["workspace"] = workspace
+    return cfg
+
+
+@pytest.fixture
+def kws(stack, cluster, request):
+    """The stack on Kubernetes in the mode of the test's `mode` marker (default
+    persistent); after the test its workspaces are removed with the admin
+    command, and no pod may be left."""
+    if EXTERNAL:
+        pytest.skip("the volume is a hostPath on this host, the test cluster's only node")
+    marker = request.node.get_closest_marker("workspace_mode")
+    mode, extra = (marker.args[0], marker.kwargs) if marker else ("persistent", {})
+    HOMES.mkdir(parents=True, exist_ok=True)
+    stack.reconfigure(workspace_config(cluster, stack.tmp, mode, **extra))
+    yield stack
+    for user in ("alice", "bob"):
+        run(["hatchway", "workspaces", "rm", user], check=False)
+    wait_for(lambda: not pods(cluster), 60, 0.2, what="workspace pods to be deleted")
+    shutil.rmtree(HOMES, ignore_errors=True)
+
+
+def the_pod(cluster, user="alice", mode="persistent") -> dict:
+    return wait_for(lambda: (lambda ps: ps[0] if len(ps) == 1 else None)(
+        pods(cluster, user=user, mode=mode)), 60, 0.2, what=f"one {mode} pod of {user}")
+
+
+def started(hw, command, tty=False):
+    if tty:
+        c = hw.spawn("alice", command)
+        c.expect("ready")
+        return c
+    p = subprocess.Popen(hw.ssh_argv("alice", command), stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert p.stdout.readline() == b"ready\n", p.stderr.read()
+    return p
+
+
+def test_a_file_written_in_one_login_is_there_in_the_next(kws, cluster):
+    assert kws.ssh("alice", "echo kept > /tmp/in-pod; echo kept > /root/in-volume").returncode == 0
+    pod = the_pod(cluster)
+    p = kws.ssh("alice", "cat /tmp/in-pod /root/in-volume; hostname")
+    assert p.returncode == 0 and p.stdout.split() == [b"kept", b"kept",
+                                                      pod["metadata"]["name"].encode()]
+    assert the_pod(cluster)["metadata"]["uid"] == pod["metadata"]["uid"]
+
+
+def test_parallel_logins_share_the_pod_and_a_hup_reaches_one_session_only(kws, cluster):
+    loop = "trap 'echo HUP > /root/hup-{0}; exit 1' HUP; echo ready; while :; do sleep 0.2; done"
+    a = started(kws, loop.format("a"), tty=True)
+    b = started(kws, loop.format("b"))
+    p = kws.ssh("alice", "ps -o args")
+    assert p.stdout.count(b"/root/hup-") == 2, p.stdout
+    os.kill(a.pid, signal.SIGKILL)              # the client of a vanishes
+    wait_for(lambda: kws.ssh("alice", "cat /root/hup-a").stdout == b"HUP\n", 60, 0.5,
+             what="a's HUP")
+    assert kws.ssh("alice", "ls /root").stdout == b"hup-a\n"
+    assert b.poll() is None
+    b.kill()
+    b.wait()
+    a.close(force=True)
+
+
+@pytest.mark.workspace_mode("persistent", idle_timeout="2s")
+def test_the_idle_timeout_deletes_the_pod_and_the_volume_brings_the_files_back(kws, cluster):
+    assert kws.ssh("alice", "echo kept > /root/note").returncode == 0
+    first = the_pod(cluster)
+    wait_for(lambda: not pods(cluster), 60, 0.2, what="the idle workspace's pod to go")
+    assert "stopped (no session for" in kws.daemon_log()
+    p = kws.ssh("alice", "cat /root/note")
+    assert (p.returncode, p.stdout) == (0, b"kept\n"), p.stderr
+    assert the_pod(cluster)["metadata"]["uid"] != first["metadata"]["uid"]
+
+
+def test_workspaces_rm_deletes_the_pod(kws, cluster):
+    assert kws.ssh("alice", "true").returncode == 0
+    rows = run(["hatchway", "workspaces", "list"]).stdout
+    assert "alice" in rows and "persistent" in rows and "kubernetes" in rows, rows
+    run(["hatchway", "workspaces", "rm", "alice"])
+    wait_for(lambda: not pods(cluster), 60, 0.2, what="the pod to go")
+
+
+def test_kill_9_of_the_session_process_leaves_no_process_behind(kws, cluster):
+    a = started(kws, "echo ready; exec sleep 1009")
+    pod = the_pod(cluster)
+    records = Path("/run/hatchway/workspaces") / (pod["metadata"]["name"] + ".d")
+    [entry] = [json.loads(p.read_text()) for p in records.iterdir()]
+    os.kill(int(entry["token"].split(":")[1]), signal.SIGKILL)
+    a.communicate(timeout=60)
+    assert a.returncode == 255
+    wait_for(lambda: b"sleep 1009" not in kws.ssh("alice", "ps -o args").stdout, 60, 0.5,
+             what="the session's command to be killed")
+    assert the_pod(cluster)["metadata"]["uid"] == pod["metadata"]["uid"]
+
+
+def test_exit_statuses_stdin_eof_and_bytes_in_exec_form(kws, cluster):
+    for command, code in (("exit 42", 42), ("kill -TERM $$", 143), ("kill -KILL $$", 137)):
+        assert kws.ssh("alice", command).returncode == code, command
+    p = kws.ssh("alice", "cat; sleep 1; echo done", input=b"a\nb\n")
+    assert (p.returncode, p.stdout) == (0, b"a\nb\ndone\n"), p.stderr
+    data = bytes(range(256)) * 4096
+    assert kws.ssh("alice", "cat", input=data).stdout == data
+    c = kws.spawn("alice", dimensions=(30, 100))
+    c.expect(r"[#$] ")
+    c.sendline("stty size; exit 3")
+    c.expect(r"30 100\r\n")
+    c.expect(pexpect.EOF)
+    c.close()
+    assert c.exitstatus == 3
+
+
+@pytest.mark.workspace_mode("connection")
+def test_sessions_over_one_connection_share_a_pod_that_goes_with_it(kws, cluster):
+    ctl = os.path.join(tempfile.mkdtemp(prefix="hw-"), "ctl")
+    opts = ("-o", f"ControlPath={ctl}")
+    master = subprocess.Popen(kws.ssh_argv("alice", options=(
+        "-o", "ControlMaster=yes", "-o", "ControlPersist=no", "-N", *opts)),
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        wait_for(lambda: os.path.exists(ctl), 20, what="the control socket")
+        out = []
+
+        def session(command):
+            out.append(subprocess.run(kws.ssh_argv("alice", command, options=(
+                "-o", "ControlMaster=no", *opts)), capture_output=True, timeout=120,
+                stdin=subprocess.DEVNULL).stdout)
+        threads = [threading.Thread(target=session, args=("hostname; sleep 2",)),
+                   threading.Thread(target=session, args=("sleep 1; hostname",))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(150)
+        assert len(set(out)) == 1 and out[0].startswith(b"hatchway-cn-alice-"), out
+        assert len(pods(cluster, user="alice", mode="connection")) == 1
+        other = kws.ssh("alice", "hostname").stdout     # another connection
+        assert other != out[0] and other.startswith(b"hatchway-cn-alice-")
+    finally:
+        master.terminate()
+        master.wait(30)
+    wait_for(lambda: not pods(cluster), 60, 0.2, what="the connection's pod to go")
