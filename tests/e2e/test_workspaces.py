@@ -367,7 +367,7 @@ def test_terminal_size_resize_ctrl_c_and_exit_code(ws, mode):
         raise AssertionError("the new size never arrived")
     c.expect(PROMPT)
     c.sendline("sleep 30; echo slept")
-    c.expect("sleep 30")
+    c.expect_exact("sleep 30; echo slept\r\n")       # the terminal's echo of the line
     c.send("\x03")
     c.expect(PROMPT)
     assert b"slept" not in c.before
