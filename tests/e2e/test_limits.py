@@ -5,7 +5,7 @@ one line saying which limit ended the session, and the exit status is 124
 import pexpect
 import pytest
 
-from .stack import run
+from .stack import run, wait_for
 
 IDLE = "hatchway: no input or output for 2s: the session is ended (session.idle_timeout)"
 MAX = ("hatchway: this session reached its maximum duration of 3s and is ended "
@@ -47,4 +47,5 @@ def test_the_maximum_duration_ends_a_busy_session(hw, mode):
     p = hw.ssh("alice", "while :; do echo x; sleep 0.2; done")
     assert p.returncode == 124
     assert p.stderr == MAX.encode() + b"\n" and p.stdout.startswith(b"x\n")
-    assert "limit=max_duration" in hw.daemon_log()
+    # the session's end line follows its answer to the client
+    wait_for(lambda: "limit=max_duration" in hw.daemon_log(), 10, what="the session end line")
