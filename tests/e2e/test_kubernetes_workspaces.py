@@ -1,5 +1,5 @@
 """Workspaces on Kubernetes, end to end: the real sshd stack against the REAL
-single-node cluster of tests/setup/k8s-cluster (see test_kubernetes.py).
+single-node cluster of tests/setup/k8s-cluster (the `k8s` fixture).
 `persistent`: one pod per user, every login an exec into it; a pod cannot be
 stopped, so an idle stop deletes it and what must survive lives in a volume
 of the pod template (a hostPath per user here).  `connection`: one pod per
@@ -18,16 +18,13 @@ import pexpect
 import pytest
 
 from .stack import run, wait_for
-from . import test_kubernetes
-from .test_kubernetes import EXTERNAL, k8s_config, pods
-
-cluster = test_kubernetes.cluster         # its fixture: the cluster, up for this module
+from .backends import EXTERNAL, k8s_config, pods
 
 HOMES = Path("/srv/hatchway-test-k8s")        # on the node, which is this host
 
 
-def workspace_config(cluster, tmp, mode: str, **workspace) -> dict:
-    cfg = k8s_config(cluster, tmp)
+def workspace_config(k8s, tmp, mode: str, **workspace) -> dict:
+    cfg = k8s_config(k8s, tmp)
     c = cfg["kubernetes"]["pod"]["containers"][0]
     c["volumeMounts"] = [{"name": "home", "mountPath": "/root"}]
     cfg["kubernetes"]["pod"]["volumes"] = [{"name": "home", "hostPath": {
@@ -40,7 +37,7 @@ def workspace_config(cluster, tmp, mode: str, **workspace) -> dict:
 
 
 @pytest.fixture
-def kws(stack, cluster, request):
+def kws(stack, k8s, request):
     """The stack on Kubernetes in the mode of the test's `mode` marker (default
     persistent); after the test its workspaces are removed with the admin
     command, and no pod may be left."""
@@ -49,17 +46,17 @@ def kws(stack, cluster, request):
     marker = request.node.get_closest_marker("workspace_mode")
     mode, extra = (marker.args[0], marker.kwargs) if marker else ("persistent", {})
     HOMES.mkdir(parents=True, exist_ok=True)
-    stack.reconfigure(workspace_config(cluster, stack.tmp, mode, **extra))
+    stack.reconfigure(workspace_config(k8s, stack.tmp, mode, **extra))
     yield stack
     for user in ("alice", "bob"):
         run(["hatchway", "workspaces", "rm", user], check=False)
-    wait_for(lambda: not pods(cluster), 60, 0.2, what="workspace pods to be deleted")
+    wait_for(lambda: not pods(k8s), 60, 0.2, what="workspace pods to be deleted")
     shutil.rmtree(HOMES, ignore_errors=True)
 
 
-def the_pod(cluster, user="alice", mode="persistent") -> dict:
+def the_pod(k8s, user="alice", mode="persistent") -> dict:
     return wait_for(lambda: (lambda ps: ps[0] if len(ps) == 1 else None)(
-        pods(cluster, user=user, mode=mode)), 60, 0.2, what=f"one {mode} pod of {user}")
+        pods(k8s, user=user, mode=mode)), 60, 0.2, what=f"one {mode} pod of {user}")
 
 
 def started(hw, command, tty=False):
@@ -73,16 +70,16 @@ def started(hw, command, tty=False):
     return p
 
 
-def test_a_file_written_in_one_login_is_there_in_the_next(kws, cluster):
+def test_a_file_written_in_one_login_is_there_in_the_next(kws, k8s):
     assert kws.ssh("alice", "echo kept > /tmp/in-pod; echo kept > /root/in-volume").returncode == 0
-    pod = the_pod(cluster)
+    pod = the_pod(k8s)
     p = kws.ssh("alice", "cat /tmp/in-pod /root/in-volume; hostname")
     assert p.returncode == 0 and p.stdout.split() == [b"kept", b"kept",
                                                       pod["metadata"]["name"].encode()]
-    assert the_pod(cluster)["metadata"]["uid"] == pod["metadata"]["uid"]
+    assert the_pod(k8s)["metadata"]["uid"] == pod["metadata"]["uid"]
 
 
-def test_parallel_logins_share_the_pod_and_a_hup_reaches_one_session_only(kws, cluster):
+def test_parallel_logins_share_the_pod_and_a_hup_reaches_one_session_only(kws, k8s):
     loop = "trap 'echo HUP > /root/hup-{0}; exit 1' HUP; echo ready; while :; do sleep 0.2; done"
     a = started(kws, loop.format("a"), tty=True)
     b = started(kws, loop.format("b"))
@@ -99,27 +96,27 @@ def test_parallel_logins_share_the_pod_and_a_hup_reaches_one_session_only(kws, c
 
 
 @pytest.mark.workspace_mode("persistent", idle_timeout="2s")
-def test_the_idle_timeout_deletes_the_pod_and_the_volume_brings_the_files_back(kws, cluster):
+def test_the_idle_timeout_deletes_the_pod_and_the_volume_brings_the_files_back(kws, k8s):
     assert kws.ssh("alice", "echo kept > /root/note").returncode == 0
-    first = the_pod(cluster)
-    wait_for(lambda: not pods(cluster), 60, 0.2, what="the idle workspace's pod to go")
+    first = the_pod(k8s)
+    wait_for(lambda: not pods(k8s), 60, 0.2, what="the idle workspace's pod to go")
     assert "stopped (no session for" in kws.daemon_log()
     p = kws.ssh("alice", "cat /root/note")
     assert (p.returncode, p.stdout) == (0, b"kept\n"), p.stderr
-    assert the_pod(cluster)["metadata"]["uid"] != first["metadata"]["uid"]
+    assert the_pod(k8s)["metadata"]["uid"] != first["metadata"]["uid"]
 
 
-def test_workspaces_rm_deletes_the_pod(kws, cluster):
+def test_workspaces_rm_deletes_the_pod(kws, k8s):
     assert kws.ssh("alice", "true").returncode == 0
     rows = run(["hatchway", "workspaces", "list"]).stdout
     assert "alice" in rows and "persistent" in rows and "kubernetes" in rows, rows
     run(["hatchway", "workspaces", "rm", "alice"])
-    wait_for(lambda: not pods(cluster), 60, 0.2, what="the pod to go")
+    wait_for(lambda: not pods(k8s), 60, 0.2, what="the pod to go")
 
 
-def test_kill_9_of_the_session_process_leaves_no_process_behind(kws, cluster):
+def test_kill_9_of_the_session_process_leaves_no_process_behind(kws, k8s):
     a = started(kws, "echo ready; exec sleep 1009")
-    pod = the_pod(cluster)
+    pod = the_pod(k8s)
     records = Path("/run/hatchway/workspaces") / (pod["metadata"]["name"] + ".d")
     [entry] = [json.loads(p.read_text()) for p in records.iterdir()]
     os.kill(int(entry["token"].split(":")[1]), signal.SIGKILL)
@@ -127,10 +124,10 @@ def test_kill_9_of_the_session_process_leaves_no_process_behind(kws, cluster):
     assert a.returncode == 255
     wait_for(lambda: b"sleep 1009" not in kws.ssh("alice", "ps -o args").stdout, 60, 0.5,
              what="the session's command to be killed")
-    assert the_pod(cluster)["metadata"]["uid"] == pod["metadata"]["uid"]
+    assert the_pod(k8s)["metadata"]["uid"] == pod["metadata"]["uid"]
 
 
-def test_exit_statuses_stdin_eof_and_bytes_in_exec_form(kws, cluster):
+def test_exit_statuses_stdin_eof_and_bytes_in_exec_form(kws, k8s):
     for command, code in (("exit 42", 42), ("kill -TERM $$", 143), ("kill -KILL $$", 137)):
         assert kws.ssh("alice", command).returncode == code, command
     p = kws.ssh("alice", "cat; sleep 1; echo done", input=b"a\nb\n")
@@ -147,7 +144,7 @@ def test_exit_statuses_stdin_eof_and_bytes_in_exec_form(kws, cluster):
 
 
 @pytest.mark.workspace_mode("connection")
-def test_sessions_over_one_connection_share_a_pod_that_goes_with_it(kws, cluster):
+def test_sessions_over_one_connection_share_a_pod_that_goes_with_it(kws, k8s):
     ctl = os.path.join(tempfile.mkdtemp(prefix="hw-"), "ctl")
     opts = ("-o", f"ControlPath={ctl}")
     master = subprocess.Popen(kws.ssh_argv("alice", options=(
@@ -168,10 +165,10 @@ def test_sessions_over_one_connection_share_a_pod_that_goes_with_it(kws, cluster
         for t in threads:
             t.join(150)
         assert len(set(out)) == 1 and out[0].startswith(b"hatchway-cn-alice-"), out
-        assert len(pods(cluster, user="alice", mode="connection")) == 1
+        assert len(pods(k8s, user="alice", mode="connection")) == 1
         other = kws.ssh("alice", "hostname").stdout     # another connection
         assert other != out[0] and other.startswith(b"hatchway-cn-alice-")
     finally:
         master.terminate()
         master.wait(30)
-    wait_for(lambda: not pods(cluster), 60, 0.2, what="the connection's pod to go")
+    wait_for(lambda: not pods(k8s), 60, 0.2, what="the connection's pod to go")

@@ -48,4 +48,4 @@ def test_the_maximum_duration_ends_a_busy_session(hw, mode):
     assert p.returncode == 124
     assert p.stderr == MAX.encode() + b"\n" and p.stdout.startswith(b"x\n")
     # the session's end line follows its answer to the client
-    wait_for(lambda: "limit=max_duration" in hw.daemon_log(), 10, what="the session end line")
+    wait_for(lambda: "reason=max_duration" in hw.daemon_log(), 10, what="the session end line")
