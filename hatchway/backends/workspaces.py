@@ -130,8 +130,11 @@ class Record:
             pass
         left = len(self.live())
         if not left:
-            with self.lock():
-                if not self.live():
+            # Not waiting: whoever holds the lock is attaching a session (then
+            # nothing is idle) or stopping the workspace; the reaper starts the
+            # clock of a workspace it finds idle without one.
+            with self.lock(wait=False) as got:
+                if got and not self.live():
                     self.set_meta(idle_since=time.time())
         return left
 
