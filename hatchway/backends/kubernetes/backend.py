@@ -208,13 +208,15 @@ class KubernetesBackend(Backend):
         return out
 
     def remove(self, found: Found) -> bool:
-        return delete_pod(self.api, self.ns, found.name, wait=0)
+        # a workspace's name comes back: let the kubelet finish (delete_pod)
+        return delete_pod(self.api, self.ns, found.name, wait=0,
+                          grace=1 if W.is_workspace(found.labels) else 0)
 
     def stop(self, found: Found) -> bool:
         """A pod cannot be stopped and started again: stopping a workspace
         deletes its pod (its file system goes too, unless the pod template
         mounts a volume that outlives it)."""
-        return delete_pod(self.api, self.ns, found.name, wait=0)
+        return delete_pod(self.api, self.ns, found.name, wait=0, grace=1)
 
     def kill_session(self, found: Found, pid: int, start: int | None) -> bool:
         container = found.labels.get(workspace.CONTAINER)
@@ -258,12 +260,19 @@ def _epoch(stamp) -> float | None:
         return None
 
 
-def delete_pod(api: Api, ns: str, name: str, wait: float = 20.0) -> bool:
-    """Delete at once (grace 0) and, when `wait`, until the API no longer has it.
-    True when it is gone or going."""
+def delete_pod(api: Api, ns: str, name: str, wait: float = 20.0, grace: int = 0) -> bool:
+    """Delete (at once with grace 0) and, when `wait`, until the API no longer
+    has it.  True when it is gone or going.
+
+    Grace 0 removes the API object at once, while the kubelet still tears the
+    pod down for a second or two; a pod created meanwhile under the same name
+    (a workspace's) can then get an exec meant for it routed into the old,
+    dying one (the 1.20 kubelet finds a pod by name among the running ones).
+    With grace 1 the object stays until the kubelet has stopped the pod, so
+    waiting for it to go means the old pod is really gone."""
     try:
         api.call("DELETE", f"/api/v1/namespaces/{ns}/pods/{name}",
-                 query={"gracePeriodSeconds": "0"})
+                 query={"gracePeriodSeconds": str(grace)})
     except KubernetesError as e:
         if e.status != 404:
             return False

@@ -99,7 +99,7 @@ def ensure(backend, spec: SessionSpec, manifest: dict, container: str, rec: W.Re
                 backend._wait_running(name, container, timeout)
             except BackendError:
                 if not rec.live(exclude=spec.session_id):
-                    delete_pod(api, ns, name, wait=0)
+                    delete_pod(api, ns, name, wait=0, grace=1)
                 raise
             return
         meta = pod.get("metadata") or {}
@@ -112,7 +112,8 @@ def ensure(backend, spec: SessionSpec, manifest: dict, container: str, rec: W.Re
         if meta.get("deletionTimestamp") or (stale and not rec.live(exclude=spec.session_id)):
             if stale:
                 log.info("workspace %s: its pod spec changed or it ended; making it again", name)
-            delete_pod(api, ns, name, wait=timeout)
+            # gracefully, and until it is gone: see delete_pod
+            delete_pod(api, ns, name, wait=timeout, grace=1)
             continue
         if not _running(pod, have.get(CONTAINER, container)):
             backend._wait_running(name, have.get(CONTAINER, container), timeout)
@@ -171,6 +172,7 @@ class KubernetesExecProcess(KubernetesProcess):
             return
         if W.release_connection(self.rec, self.spec.config.workspace.connection_grace,
                                 self.spec.sshd,
-                                lambda: delete_pod(self.api, self.ns, self.pod, wait=0)):
+                                lambda: delete_pod(self.api, self.ns, self.pod, wait=0,
+                                                   grace=1)):
             log.info("workspace %s removed (the last session of its connection ended)",
                      self.rec.name)
