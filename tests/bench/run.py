@@ -96,6 +96,10 @@ def ms(v: float) -> str:
     return f"{v * 1000:.0f} ms"
 
 
+def delta(v: float) -> str:
+    return f"{'+' if v >= 0 else '−'}{ms(abs(v))}"
+
+
 # ------------------------------------------------------------------ start latency
 
 def start_latency(hw: Stack, table: Table, n: int, warmup: int) -> None:
@@ -128,7 +132,7 @@ def persistent_latency(hw: Stack, table: Table, n: int, warmup: int) -> None:
     f50, f95 = pct(res["sshd"], .5), pct(res["sshd"], .95)
     table.add("persistent mode: start latency `ssh host true` into a workspace (p50 / p95)",
               f"{ms(h50)} / {ms(h95)}", "plain sshd → host `true`", f"{ms(f50)} / {ms(f95)}",
-              f"+{ms(h50 - f50)} (p50)")
+              f"{delta(h50 - f50)} (p50)")
 
 
 class _Master:
@@ -179,7 +183,7 @@ def connection_latency(hw: Stack, table: Table, n: int, warmup: int) -> None:
         f50, f95 = pct(floor, .5), pct(floor, .95)
         table.add("connection mode: a second session over a ControlMaster connection, "
                   "`true` (p50 / p95)", f"{ms(h50)} / {ms(h95)}", name,
-                  f"{ms(f50)} / {ms(f95)}", f"+{ms(h50 - f50)} (p50)")
+                  f"{ms(f50)} / {ms(f95)}", f"{delta(h50 - f50)} (p50)")
 
 
 # ------------------------------------------------------------------ throughput
