@@ -10,7 +10,7 @@ import pytest
 
 from hatchway.backends import labels as L
 from hatchway.backends import workspaces as W
-from hatchway.backends.base import Found
+from hatchway.backends.base import Backend, Found
 from hatchway.core import config
 
 
@@ -181,3 +181,62 @@ def test_release_waits_for_the_grace_and_a_new_session_takes_over(tmp_path):
     assert not W.release_connection(rec, 3600, L.process_token(os.getpid()), lambda: True)
     rec.drop("cc")                      # the connection has gone: no grace
     assert W.release_connection(rec, 3600, dead_token(), lambda: True)
+
+
+class ListingBackend(FakeBackend):
+    """A Backend (base.Backend's reap and tend_workspaces, the real ones)
+    whose engine holds the containers in `found`."""
+
+    def __init__(self, cfg, found):
+        super().__init__()
+        self.cfg = cfg
+        self.found = found
+
+    def list(self, user=None):
+        return list(self.found)
+
+    reap = Backend.reap
+    tend_workspaces = Backend.tend_workspaces
+
+
+def test_after_a_reboot_the_reaper_still_finds_the_orphans_of_every_mode(tmp_path):
+    # A reboot empties /run: no record of any workspace, every session
+    # process gone.  Orphaned session containers and connection workspaces
+    # go at the next pass; a persistent workspace is no orphan (it is kept
+    # between logins): its idle clock starts when first seen, by the file's
+    # settings, and nothing of it is removed.
+    (tmp_path / "run").mkdir()
+    cfg = config.typed(config.validate({"daemon": {"socket": str(tmp_path / "run" / "s.sock")},
+                                        "workspace": {"idle_timeout": "60s"}}))
+    orphan = Found("c1", L.for_session("alice", "ab" * 8, "cd" * 8, "session", os.getpid()),
+                   "running", running=True)
+    orphan.labels[L.PROCESS] = dead_token()
+    b = ListingBackend(cfg, [orphan, ws("connection", "hatchway-cn-alice-1"),
+                             ws("persistent", "hatchway-ws-alice-1")])
+    assert b.reap(L.owner_alive) == ["c1"]          # workspaces are not reap()'s
+    b.tend_workspaces(now=1000)
+    assert b.calls == [("remove", "c1"), ("remove", "hatchway-cn-alice-1")]
+    b.found = b.found[2:]
+    b.tend_workspaces(now=1059)
+    assert b.calls[2:] == []
+    b.tend_workspaces(now=1060)
+    assert b.calls[2:] == [("stop", "hatchway-ws-alice-1")]
+
+
+def test_the_reaper_never_touches_a_workspace_a_live_session_uses(tmp_path):
+    (tmp_path / "run").mkdir()
+    cfg = config.typed(config.validate({"daemon": {"socket": str(tmp_path / "run" / "s.sock")},
+                                        "workspace": {"idle_timeout": "1s",
+                                                      "connection_grace": "0s"}}))
+    root = W.root_for(cfg)
+    found = [ws("connection", "hatchway-cn-alice-1"), ws("persistent", "hatchway-ws-alice-1")]
+    for f in found:
+        rec = W.Record(f.name, root)
+        with rec.lock():
+            rec.attach("aa", L.process_token(os.getpid()))
+        rec.set_meta(idle_since=0.0, sshd=dead_token())     # even with its connection gone
+    b = ListingBackend(cfg, found)
+    assert b.reap(lambda labels: False) == []
+    for now in (10, 10**6, 10**9):
+        assert b.tend_workspaces(now=now) == []
+    assert b.calls == []
