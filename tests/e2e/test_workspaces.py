@@ -18,6 +18,7 @@ import pexpect
 import pytest
 
 from .stack import IMAGE, run, wait_for
+from .webhook_servers import ContainerSSHServer
 
 PROMPT = r"[#$] "
 RECORDS = Path("/run/hatchway/workspaces")
@@ -206,13 +207,83 @@ def test_an_image_change_applies_at_the_next_login_without_a_session(ws):
 
 @pytest.mark.config(PERSISTENT)
 def test_restarting_the_daemon_keeps_sessions_and_the_workspace(ws):
-    a = started(ws, "alice", "echo ready; sleep 3; echo done; exit 5")
+    a = started(ws, "alice", "echo ready; read x; echo done $x; exit 5")
     ctr = workspace(ws)
-    ws.restart_daemon()
-    out, err = a.communicate(timeout=60)
-    assert (a.returncode, out) == (5, b"done\n"), err
+    ws.restart_daemon()                 # its reaper runs at once
+    out, err = a.communicate(b"after\n", timeout=60)
+    assert (a.returncode, out) == (5, b"done after\n"), err
     assert ws.ssh("alice", "true").returncode == 0
     assert workspace(ws)["ID"] == ctr["ID"]
+
+
+@pytest.mark.config(dict(CONNECTION, workspace={"connection_grace": "1h"}))
+def test_restarting_the_daemon_keeps_a_connection_its_sessions_and_its_container(ws):
+    m = Master(ws)
+    try:
+        a = subprocess.Popen(m.argv("echo ready; read x; echo done $x; exit 5"),
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE)
+        assert a.stdout.readline() == b"ready\n", a.stderr.read()
+        ctr = workspace(ws, mode="connection")
+        ws.restart_daemon()
+        out, err = a.communicate(b"after\n", timeout=60)
+        assert (a.returncode, out) == (5, b"done after\n"), err
+        assert m.ssh("true").returncode == 0
+        assert workspace(ws, mode="connection")["ID"] == ctr["ID"]
+    finally:
+        m.exit()
+    ws.wait_no_containers(timeout=30, user="alice")
+
+
+@pytest.mark.config(dict(PERSISTENT, workspace={"idle_timeout": "1s"}))
+def test_the_reaper_never_stops_a_workspace_in_use(ws):
+    a = started(ws, "alice", "echo ready; read x; echo still $x")
+    mine = workspace(ws)
+    # bob's idle workspace stopping twice proves two reaper passes more than
+    # the idle timeout apart, both with alice's in use all along
+    for _ in range(2):
+        assert ws.ssh("bob", "true").returncode == 0
+        wait_for(lambda: ws.containers(user="bob")[0]["State"] == "exited", 60, 0.2,
+                 what="bob's idle workspace to stop")
+    assert ws.containers(user="alice")[0]["State"] == "running"
+    out, err = a.communicate(b"here\n", timeout=30)
+    assert (a.returncode, out) == (0, b"still here\n"), err
+    # out of use, it is stopped like any other
+    wait_for(lambda: ws.containers(user="alice")[0]["State"] == "exited", 60, 0.2,
+             what="alice's workspace to stop once idle")
+    assert workspace(ws)["ID"] == mine["ID"]
+
+
+@pytest.fixture
+def devs():
+    run(["groupadd", "-f", "hw-devs"])
+    run(["usermod", "-aG", "hw-devs", "bob"])
+    yield "hw-devs"
+    run(["gpasswd", "-d", "bob", "hw-devs"], check=False)
+    run(["groupdel", "hw-devs"], check=False)
+
+
+@pytest.fixture
+def webhook():
+    srv = ContainerSSHServer()
+    yield srv
+    srv.close()
+
+
+def test_a_group_or_the_config_webhook_chooses_the_mode(ws, devs, webhook):
+    ws.reconfigure(dict(FAST_REAPER, groups={devs: {"session": {"mode": "persistent"}}},
+                        config_webhook={"url": f"{webhook.url}/config", "timeout": "3s"}))
+
+    def kept(user) -> bool:
+        assert ws.ssh(user, "echo kept > /root/note").returncode == 0
+        return ws.ssh(user, "cat /root/note").stdout == b"kept\n"
+    # bob by his group; alice, with no webhook answer, by the file (session)
+    assert kept("bob") and workspace(ws, "bob")["labels"]["io.hatchway.mode"] == "persistent"
+    assert not kept("alice")
+    ws.wait_no_containers(timeout=30, user="alice", mode="session")
+    # alice by the webhook's ContainerSSH answer, from her next login on
+    webhook.configs["alice"] = {"docker": {"execution": {"mode": "persistent"}}}
+    assert kept("alice") and workspace(ws)["labels"]["io.hatchway.mode"] == "persistent"
 
 
 # ------------------------------------------------------------------ faults
@@ -226,16 +297,28 @@ def _session_process(ctr: dict) -> int:
     return int(entry["token"].split(":")[1])
 
 
-@pytest.mark.parametrize("victim", ["client", "hatchway-shell", "session process",
+def _sshd_of(pid: int) -> int:
+    """The sshd process above `pid` (the user's shell may sit in between)."""
+    while pid > 1:
+        pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        if Path(f"/proc/{pid}/comm").read_text().strip() == "sshd":
+            return pid
+    raise AssertionError("no sshd above hatchway-shell")
+
+
+@pytest.mark.parametrize("victim", ["client", "sshd", "hatchway-shell", "session process",
                                     "daemon and session process"])
 @pytest.mark.parametrize("mode", MODES)
 def test_kill_9_anywhere_leaves_nothing_of_the_session(ws, mode, victim):
     a = started(ws, "alice", "echo ready; exec sleep 1005")
     ctr = workspace(ws, mode=mode)
+    shell = _shell_pid("alice")
     if victim == "client":
         os.kill(a.pid, signal.SIGKILL)
+    elif victim == "sshd":              # the connection's sshd, the one serving the session
+        os.kill(_sshd_of(shell), signal.SIGKILL)
     elif victim == "hatchway-shell":
-        os.kill(_shell_pid("alice"), signal.SIGKILL)
+        os.kill(shell, signal.SIGKILL)
     elif victim == "session process":
         os.kill(_session_process(ctr), signal.SIGKILL)
     else:
@@ -243,6 +326,8 @@ def test_kill_9_anywhere_leaves_nothing_of_the_session(ws, mode, victim):
         os.kill(_session_process(ctr), signal.SIGKILL)
         ws.start_daemon()
     a.communicate(timeout=60)
+    wait_for(lambda: not Path(f"/proc/{shell}").exists(), 30, 0.2,
+             what="hatchway-shell to end")
     if mode == "connection":            # its connection has gone: so has its container
         ws.wait_no_containers(timeout=30, user="alice")
         return
