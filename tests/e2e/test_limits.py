@@ -16,10 +16,10 @@ def limited(mode: str, **limits) -> dict:
     return {"session": dict(limits, mode=mode), "daemon": {"reap_interval": "1s"}}
 
 
-@pytest.fixture(params=["session", "persistent"])
+@pytest.fixture(params=["session", "connection", "persistent"])
 def mode(request):
     yield request.param
-    if request.param != "session":
+    if request.param == "persistent":
         run(["hatchway", "workspaces", "rm", "alice"], check=False)
 
 
