@@ -79,6 +79,32 @@ def test_a_file_written_in_one_login_is_there_in_the_next(kws, k8s):
     assert the_pod(k8s)["metadata"]["uid"] == pod["metadata"]["uid"]
 
 
+def test_concurrent_first_logins_get_one_pod(kws, k8s):
+    out, log_before = [], len(kws.daemon_log())
+
+    def login():
+        out.append(kws.ssh("alice", "hostname"))
+    threads = [threading.Thread(target=login) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(150)
+    assert [p.returncode for p in out] == [0] * 3, [p.stderr for p in out]
+    assert len({p.stdout for p in out}) == 1
+    assert len(pods(k8s, user="alice")) == 1
+    assert kws.daemon_log()[log_before:].count("created for alice") == 1
+
+
+def test_restarting_the_daemon_keeps_the_session_and_the_pod(kws, k8s):
+    a = started(kws, "echo ready; read x; echo done $x; exit 5")
+    pod = the_pod(k8s)
+    kws.restart_daemon()                # its reaper runs at once
+    out, err = a.communicate(b"after\n", timeout=60)
+    assert (a.returncode, out) == (5, b"done after\n"), err
+    assert kws.ssh("alice", "true").returncode == 0
+    assert the_pod(k8s)["metadata"]["uid"] == pod["metadata"]["uid"]
+
+
 def test_parallel_logins_share_the_pod_and_a_hup_reaches_one_session_only(kws, k8s):
     loop = "trap 'echo HUP > /root/hup-{0}; exit 1' HUP; echo ready; while :; do sleep 0.2; done"
     a = started(kws, loop.format("a"), tty=True)
