@@ -63,7 +63,8 @@ def ensure(api: Docker, spec: SessionSpec, body: dict, name: str, rec: W.Record)
             except DockerError as e:
                 if e.status == 409:
                     continue        # made a moment ago by someone else: look again
-                raise BackendError(f"cannot create your workspace: {e}") from None
+                raise BackendError("cannot create your workspace",
+                                   f"cannot create workspace {name}: {e}") from None
             _start(api, cid)
             rec.set_meta(started=time.time(), stopped_at=None)
             log.info("workspace %s created for %s", name, spec.user)
@@ -79,7 +80,8 @@ def ensure(api: Docker, spec: SessionSpec, body: dict, name: str, rec: W.Record)
             try:
                 api.remove(info["Id"])
             except DockerError as e:
-                raise BackendError(f"cannot renew your workspace: {e}") from None
+                raise BackendError("cannot renew your workspace",
+                                   f"cannot remove workspace {name} to renew it: {e}") from None
             continue
         if not state.get("Running"):
             _start(api, info["Id"])
@@ -94,7 +96,8 @@ def _start(api: Docker, cid: str) -> None:
     try:
         api.start(cid)
     except DockerError as e:
-        raise BackendError(f"cannot start your workspace: {e}") from None
+        raise BackendError("cannot start your workspace",
+                           f"cannot start workspace {cid[:12]}: {e}") from None
 
 
 class DockerExecProcess(DockerProcess):
@@ -130,7 +133,8 @@ class DockerExecProcess(DockerProcess):
             self.stream = self.api.hijack("POST", f"/exec/{self.exec_id}/start",
                                           body={"Detach": False, "Tty": spec.pty})
         except DockerError as e:
-            raise BackendError(f"cannot run the command in your workspace: {e}") from None
+            raise BackendError("cannot run the command in your workspace",
+                               f"cannot exec into workspace {self.rec.name}: {e}") from None
         self.pid, self.start_time, self.pending = read_pid(self._first_output)
         if self.pid is None:
             # The wrapper did not run: what dockerd or the shell said instead

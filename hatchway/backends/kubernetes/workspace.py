@@ -84,7 +84,8 @@ def ensure(backend, spec: SessionSpec, manifest: dict, container: str, rec: W.Re
             pod = api.call("GET", f"/api/v1/namespaces/{ns}/pods/{name}")
         except KubernetesError as e:
             if e.status != 404:
-                raise BackendError(f"cannot look for your workspace: {e}") from None
+                raise BackendError("cannot look for your workspace",
+                                   f"cannot look for workspace pod {name}: {e}") from None
             pod = None
         if pod is None:
             try:
@@ -92,7 +93,8 @@ def ensure(backend, spec: SessionSpec, manifest: dict, container: str, rec: W.Re
             except KubernetesError as e:
                 if e.status == 409:
                     continue
-                raise BackendError(f"cannot create your workspace: {e}") from None
+                raise BackendError("cannot create your workspace",
+                                   f"cannot create workspace pod {name}: {e}") from None
             rec.set_meta(started=time.time())
             log.info("workspace %s created for %s", name, spec.user)
             try:
