@@ -472,6 +472,16 @@ def test_term_reaching_hatchway_shell_is_forwarded(ws, mode):
     assert (a.returncode, out) == (3, b"got TERM\n")
 
 
+@pytest.mark.config(dict(PERSISTENT, docker={"user": "65534", "cap_drop": ["ALL"]}))
+def test_without_capabilities_a_session_still_ends_what_it_left(ws):
+    # root without CAP_KILL cannot signal user 65534's processes: the sweep
+    # runs as the session's user then
+    p = ws.ssh("alice", "id -u; sleep 1012 >/dev/null 2>&1 & echo started")
+    assert p.stdout == b"65534\nstarted\n", p.stderr
+    ctr = workspace(ws)
+    wait_for(lambda: "sleep 1012" not in processes(ctr), 30, 0.2, what="the job to be killed")
+
+
 @pytest.mark.config(PERSISTENT)
 def test_what_a_session_left_running_ends_with_it_unless_it_left_the_session(ws):
     # on a host, a logout ends the session's jobs; what started a session of

@@ -240,3 +240,13 @@ def test_the_reaper_never_touches_a_workspace_a_live_session_uses(tmp_path):
     for now in (10, 10**6, 10**9):
         assert b.tend_workspaces(now=now) == []
     assert b.calls == []
+
+
+def test_signals_are_sent_as_root_unless_root_cannot_send_them():
+    from hatchway.backends.docker.workspace import signal_user
+    assert signal_user("", []) == "0"
+    assert signal_user("1000", ["NET_RAW", "MKNOD"]) == "0"       # root has CAP_KILL
+    # without CAP_KILL root reaches only root's processes; the sessions run as 1000
+    assert signal_user("1000:1000", ["ALL"]) == "1000:1000"
+    assert signal_user("dev", ["CAP_KILL"]) == "dev"
+    assert signal_user("", ["ALL"]) == ""           # the image's user, as the sessions run

@@ -247,8 +247,13 @@ class DockerBackend(Backend):
         return _safe(lambda: self.api.stop(found.name))
 
     def kill_session(self, found: Found, pid: int, start: int | None) -> bool:
+        # the workspace says who may signal its sessions' processes (the
+        # reaper has no session config to ask)
+        info = _safe_value(lambda: self.api.inspect(found.name)) or {}
+        user = workspace.signal_user((info.get("Config") or {}).get("User") or "",
+                                     (info.get("HostConfig") or {}).get("CapDrop"))
         return workspace.run_inside(self.api, found.name, signal_argv("KILL", pid, start),
-                                    wait=5.0)
+                                    wait=5.0, user=user)
 
     def check(self) -> tuple[list[str], list[str]]:
         d, problems, notes = self.cfg.docker, [], []

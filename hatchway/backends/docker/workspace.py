@@ -221,14 +221,27 @@ class DockerExecProcess(DockerProcess):
                      self.rec.name)
 
     def _inside(self, argv: list[str], wait: float = 0.0) -> bool:
-        """Run a helper in the workspace as its root (detached); with `wait`,
+        """Run a signal helper in the workspace (detached); with `wait`,
         until it has ended."""
-        return run_inside(self.api, self.cid, argv, wait)
+        d = self.spec.config.docker
+        return run_inside(self.api, self.cid, argv, wait, signal_user(d.user, d.cap_drop))
 
 
-def run_inside(api: Docker, cid: str, argv: list[str], wait: float = 0.0) -> bool:
+def signal_user(user: str, cap_drop) -> str:
+    """Who runs a signal helper (exec_wrapper.SIGNAL) in a workspace: root,
+    which may signal every process of a session, whatever its uid (CAP_KILL);
+    unless the admin dropped CAP_KILL (cap_drop KILL or ALL), when root may
+    signal only root's processes: then the session's own user, which every
+    process of its sessions runs as (without capabilities, none can change
+    its uid); "" for the image's user, as the sessions run."""
+    dropped = {str(c).upper().removeprefix("CAP_") for c in cap_drop or ()}
+    return user if dropped & {"ALL", "KILL"} else "0"
+
+
+def run_inside(api: Docker, cid: str, argv: list[str], wait: float = 0.0,
+               user: str = "0") -> bool:
     try:
-        eid = api.exec_create(cid, {"Cmd": argv, "User": "0"})
+        eid = api.exec_create(cid, {"Cmd": argv, **({"User": user} if user else {})})
         api.call("POST", f"/exec/{eid}/start", {"Detach": True, "Tty": False}, ok=(200, 204))
     except DockerError:
         return False
