@@ -198,3 +198,20 @@ def test_sessions_over_one_connection_share_a_pod_that_goes_with_it(kws, k8s):
         master.terminate()
         master.wait(30)
     wait_for(lambda: not pods(k8s), 60, 0.2, what="the connection's pod to go")
+
+
+def test_limits_end_an_exec_session_with_the_line_and_124(kws, k8s):
+    cfg = workspace_config(k8s, kws.tmp, "persistent")
+    cfg["session"] = dict(cfg["session"], idle_timeout="2s", max_duration="4s")
+    kws.reconfigure(cfg)
+    p = kws.ssh("alice", "sleep 1013")
+    assert (p.returncode, p.stderr.splitlines()[:1]) == (124, [
+        b"hatchway: no input or output for 2s: the session is ended (session.idle_timeout)"])
+    p = kws.ssh("alice", "while :; do echo x; sleep 0.5; done")
+    assert p.returncode == 124 and p.stderr.splitlines()[0] == (
+        b"hatchway: this session reached its maximum duration of 4s and is ended "
+        b"(session.max_duration)")
+    # what the sessions ran ended with them; the pod stays
+    wait_for(lambda: b"sleep 1013" not in kws.ssh("alice", "ps -o args").stdout, 60, 0.5,
+             what="the idle session's command to be killed")
+    assert len(pods(k8s, user="alice")) == 1
