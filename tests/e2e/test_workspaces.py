@@ -146,6 +146,15 @@ def test_the_idle_timeout_stops_it_and_the_next_login_brings_it_back(ws):
     assert again["ID"] == ctr["ID"] and again["State"] == "running"
 
 
+@pytest.mark.config(dict(PERSISTENT, workspace={"idle_timeout": "1s", "remove_after": "2s"}))
+def test_a_stopped_workspace_expires_after_remove_after(ws):
+    assert ws.ssh("alice", "touch /root/mark").returncode == 0
+    ws.wait_no_containers(timeout=60, user="alice")
+    log = ws.daemon_log()
+    assert "stopped (no session for" in log and "workspace.remove_after" in log
+    assert ws.ssh("alice", "test -e /root/mark").returncode == 1     # from the image again
+
+
 @pytest.mark.config(PERSISTENT)
 def test_workspaces_list_stop_and_rm(ws):
     a = started(ws, "alice", "echo ready; exec sleep 1002")
