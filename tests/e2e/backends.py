@@ -18,7 +18,7 @@ from pathlib import Path
 
 from tests import k8s_cluster
 
-from .stack import run, wait_for
+from .stack import run, token_pid, wait_for
 
 BACKENDS = ["docker", "kubernetes"]
 EXTERNAL = os.environ.get("HATCHWAY_E2E_KUBECONFIG")
@@ -125,4 +125,4 @@ class OnBackend:
     @staticmethod
     def session_pid(session: dict) -> int:
         """The hatchwayd session process that owns it (io.hatchway.process)."""
-        return int(session["labels"]["io.hatchway.process"].split(":")[1])
+        return token_pid(session["labels"]["io.hatchway.process"])

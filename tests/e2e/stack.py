@@ -40,6 +40,12 @@ def run(argv, check=True, **kw) -> subprocess.CompletedProcess:
     return p
 
 
+def token_pid(token: str) -> int:
+    """The pid in an owner token (labels.process_token: pid:starttime; an
+    earlier daemon's boot:pid:starttime)."""
+    return int(token.split(":")[-2])
+
+
 def wait_for(predicate, timeout: float, interval: float = 0.05, what: str = "condition"):
     end = time.monotonic() + timeout
     while True:
@@ -359,7 +365,7 @@ class Stack:
 
     def session_pid(self, container: dict) -> int:
         """The hatchwayd session process that owns a container (from its label)."""
-        return int(container["labels"]["io.hatchway.process"].split(":")[1])
+        return token_pid(container["labels"]["io.hatchway.process"])
 
     def auth_log(self) -> str:
         try:

@@ -17,7 +17,7 @@ from pathlib import Path
 import pexpect
 import pytest
 
-from .stack import run, wait_for
+from .stack import run, token_pid, wait_for
 from .backends import EXTERNAL, k8s_config, pods
 
 HOMES = Path("/srv/hatchway-test-k8s")        # on the node, which is this host
@@ -145,7 +145,7 @@ def test_kill_9_of_the_session_process_leaves_no_process_behind(kws, k8s):
     pod = the_pod(k8s)
     records = Path("/run/hatchway/workspaces") / (pod["metadata"]["name"] + ".d")
     [entry] = [json.loads(p.read_text()) for p in records.iterdir()]
-    os.kill(int(entry["token"].split(":")[1]), signal.SIGKILL)
+    os.kill(token_pid(entry["token"]), signal.SIGKILL)
     a.communicate(timeout=60)
     assert a.returncode == 255
     wait_for(lambda: b"sleep 1009" not in kws.ssh("alice", "ps -o args").stdout, 60, 0.5,

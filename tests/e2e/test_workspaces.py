@@ -17,7 +17,7 @@ from pathlib import Path
 import pexpect
 import pytest
 
-from .stack import IMAGE, run, wait_for
+from .stack import IMAGE, run, token_pid, wait_for
 from .webhook_servers import ContainerSSHServer
 
 PROMPT = r"[#$] "
@@ -303,7 +303,7 @@ def _shell_pid(user: str) -> int:
 
 def _session_process(ctr: dict) -> int:
     [entry] = recorded(ctr)
-    return int(entry["token"].split(":")[1])
+    return token_pid(entry["token"])
 
 
 def _sshd_of(pid: int) -> int:
