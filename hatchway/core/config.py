@@ -212,13 +212,6 @@ class Daemon:
     hello_timeout: float = T("duration", 10.0)
 
 
-def _mode(value: str) -> str:
-    if value != "session":
-        raise ValueError(f"only `session` mode (a fresh container per SSH session) is "
-                         f"supported, got {value!r}")
-    return value
-
-
 @section
 class Subsystems:
     sftp: list = T("list", ["/usr/lib/openssh/sftp-server"], item=T("str"))
@@ -226,7 +219,7 @@ class Subsystems:
 
 @section
 class Session:
-    mode: str = T("str", "session", check=_mode)
+    mode: str = T("enum", "session", choices=("session", "connection", "persistent"))
     shell: list = T("list", ["/bin/sh"], item=T("str"), check=check_argv)
     subsystems: Subsystems = Sub(Subsystems)
     host_sftp_commands: list = T("list", ["/usr/lib/openssh/sftp-server", "internal-sftp"],
@@ -236,12 +229,25 @@ class Session:
     # pty sessions as asciicast (daemon/recording.py): off, output, or all
     # (output and what the user typed)
     record: str = T("enum", "off", choices=("off", "output", "all"))
+    idle_timeout: float = T("duration", 0.0, doc="no byte either way for this long ends it")
+    max_duration: float = T("duration", 0.0, doc="a session ends after this long")
 
 
 # What a `groups:` entry or the config webhook may not change in `session`.
 SESSION_DAEMON_WIDE = ("host_sftp_commands", "stop_grace")
-# What the config webhook may set by default, besides each backend's list.
-WEBHOOK_MAY_SET = ["session.shell", "session.subsystems"]
+# What the config webhook may set by default, besides each backend's list
+# (ContainerSSH answers carry `mode` routinely).
+WEBHOOK_MAY_SET = ["session.shell", "session.subsystems", "session.mode"]
+
+
+@section
+class Workspace:
+    """connection and persistent modes (backends/workspaces.py)."""
+    idle_timeout: float = T("duration", 3600.0,
+                            doc="persistent: stopped after this long without a session")
+    remove_after: float = T("duration", 0.0, doc="persistent: removed after this long stopped")
+    connection_grace: float = T("duration", 2.0,
+                                doc="connection: how long it outlives its last session")
 
 
 def _not_negative(value):
@@ -321,6 +327,7 @@ def schema() -> S:
     policy = S(dict(Policy.SCHEMA.fields, webhook_may_set=T("list", may_set, item=T("str"))),
                typed=Policy)
     group = S({"session": Session.SCHEMA.without(SESSION_DAEMON_WIDE),
+               "workspace": Workspace.SCHEMA,
                **{name: mod.Settings.SCHEMA.without(mod.DAEMON_WIDE)
                   for name, mod in backends.items()}})
     fields = {
@@ -330,6 +337,7 @@ def schema() -> S:
         "daemon": Daemon.SCHEMA,
         **{name: mod.Settings.SCHEMA for name, mod in backends.items()},
         "session": Session.SCHEMA,
+        "workspace": Workspace.SCHEMA,
         "groups": M(group),
         "policy": policy,
         "recordings": Recordings.SCHEMA,

@@ -7,7 +7,9 @@ restarting the main process (systemd: KillMode=process) ends none of them.
 
 The main process also starts the reaper: at start-up, every `reap_interval`,
 and at once when a session process dies abnormally.  The reaper removes every
-container whose owning session process no longer exists (see labels.py).
+container whose owning session process no longer exists (see labels.py), and
+looks after workspaces (backends/workspaces.py: what sessions killed with
+-9 left in them, idle and expired workspaces, ended connections).
 """
 
 from __future__ import annotations
@@ -59,19 +61,22 @@ def listen(path: str) -> socket.socket:
     return s
 
 
-def run_reaper(cfg) -> None:
-    """Fork a short-lived process that removes orphaned containers."""
+def run_reaper(cfg) -> int:
+    """Fork a short-lived process that removes orphaned containers; its pid."""
     pid = os.fork()
     if pid:
-        return
+        return pid
     try:
         os.setsid()
-        removed = registry.make(cfg).reap(labels.owner_alive)
+        backend = registry.make(cfg)
+        removed = backend.reap(labels.owner_alive)
         for name in removed:
             log.info("reaper removed %s (its session process is gone)", name)
         if removed:
             events.emit(cfg.daemon.socket, {"e": "reaped", "backend": cfg.backend,
                                             "n": len(removed)})
+        for line in backend.tend_workspaces():
+            log.info("reaper: workspace %s", line)
         live.sweep(cfg.daemon.socket)
         recording.prune(cfg.recordings.dir, cfg.recordings.retention)
     except Exception as e:  # never let a reaper failure escape into a traceback loop
@@ -208,12 +213,12 @@ def main(argv: list[str] | None = None) -> int:
     metrics = MetricsProcess(cfg)
     metrics.ensure()
     interval = cfg.daemon.reap_interval
-    run_reaper(cfg)
+    reaper, wanted = run_reaper(cfg), False
     next_reap = time.monotonic() + interval
     children = Children(cfg.limits, sock_path)
     server.settimeout(1.0)
     while not stopping:
-        abnormal = False
+        abnormal, gone = False, set()
         try:
             conn, _ = server.accept()
         except socket.timeout:
@@ -225,11 +230,15 @@ def main(argv: list[str] | None = None) -> int:
             time.sleep(0.1)
             conn = None
         if conn is not None:
-            abnormal = _collect_children(children, metrics)     # count only the living
+            abnormal, gone = _collect_children(children, metrics)   # count only the living
             start_session(conn, server, cfg, children)
         metrics.ensure()
-        if _collect_children(children, metrics) or abnormal or time.monotonic() >= next_reap:
-            run_reaper(cfg)
+        more_abnormal, more_gone = _collect_children(children, metrics)
+        if reaper in gone | more_gone:
+            reaper = None
+        wanted = wanted or abnormal or more_abnormal or time.monotonic() >= next_reap
+        if wanted and reaper is None:       # one reaper at a time: a slow engine
+            reaper, wanted = run_reaper(cfg), False     # must not pile them up
             next_reap = time.monotonic() + interval
 
     log.info("stopping; live sessions keep running")
@@ -252,16 +261,18 @@ def _write_pid(path: str) -> None:
         log.warning("cannot write %s: %s", path, e)
 
 
-def _collect_children(children: Children, metrics: MetricsProcess) -> bool:
-    """Reap exited children; true if a session process died abnormally."""
-    abnormal = False
+def _collect_children(children: Children, metrics: MetricsProcess) -> tuple[bool, set[int]]:
+    """Reap exited children: whether a session process died abnormally, and
+    the pids of all that ended."""
+    abnormal, gone = False, set()
     while True:
         try:
             pid, status = os.waitpid(-1, os.WNOHANG)
         except ChildProcessError:
-            return abnormal
+            return abnormal, gone
         if pid == 0:
-            return abnormal
+            return abnormal, gone
+        gone.add(pid)
         children.gone(pid)
         if metrics.exited(pid):
             log.warning("metrics process %d ended (status %d); starting it again in %gs",

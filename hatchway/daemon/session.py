@@ -21,6 +21,7 @@ from hatchway.core.errors import HatchwayError
 from hatchway.shell import pack
 
 from . import commands, events, live, peer, recording, resolve, sftp_fallback, terminal
+from .limits import Limits
 from .relay import Relay
 
 log = logging.getLogger("hatchwayd")
@@ -160,9 +161,10 @@ class Session:
             "pty": spec.pty, "recording": recorder.path if recorder else None, **what})
         events.emit(socket_path, {"e": "start", "latency": time.monotonic() - started, **what})
 
+        s = spec.config.session
         relay = self.relay = Relay(proc, self.fds, spec.pty, self.conn, reader, pending,
-                                   spec.config.session.stop_grace, on_activity=record.touch,
-                                   recorder=recorder)
+                                   s.stop_grace, on_activity=record.touch, recorder=recorder,
+                                   limits=Limits(s.idle_timeout, s.max_duration))
         if self.ending:
             relay.end(self.ending)
         outcome = None
@@ -198,6 +200,7 @@ class Session:
                 bytes_in=relay.bytes_in, bytes_out=relay.bytes_out))
             events.emit(socket_path, {"e": "end", "reason": reason, "in": relay.bytes_in,
                                       "out": relay.bytes_out, **what})
+            proc.release()      # a connection's workspace, once its last session is over
 
     def _recorder(self, spec):
         """The session's recorder, when the policy names its user (pty
@@ -248,6 +251,12 @@ class Session:
         )
         spec.labels = labels.for_session(spec.user, spec.session_id, conn_id,
                                          cfg.session.mode, os.getpid())
+        monitor = peer.sshd_monitor(pid)
+        if monitor is not None:
+            try:
+                spec.sshd = labels.process_token(monitor)
+            except (OSError, ValueError, IndexError):
+                pass
         return spec, reader, pending
 
     def _close_fds(self) -> None:

@@ -15,6 +15,11 @@ load hits both:
                   keystroke echo round trip, time to open them all; vs the same
                   with plain sshd host shells
   key check       see tests/bench/keys.py (run by this script when present)
+  workspaces      `persistent`: ssh alice true into an existing workspace (an exec,
+                  no container start) vs plain sshd to a host `true`;
+                  `connection`: a second session over an OpenSSH ControlMaster
+                  connection whose container exists vs plain sshd, a new
+                  connection and a second session over a ControlMaster alike
 
 Results are printed as one markdown table; nothing here asserts anything.
 Run as root on a machine prepared like the tests (`make bench` does it).
@@ -91,6 +96,10 @@ def ms(v: float) -> str:
     return f"{v * 1000:.0f} ms"
 
 
+def delta(v: float) -> str:
+    return f"{'+' if v >= 0 else '−'}{ms(abs(v))}"
+
+
 # ------------------------------------------------------------------ start latency
 
 def start_latency(hw: Stack, table: Table, n: int, warmup: int) -> None:
@@ -107,6 +116,74 @@ def start_latency(hw: Stack, table: Table, n: int, warmup: int) -> None:
         f50, f95 = pct(vals, .5), pct(vals, .95)
         table.add("start latency `ssh host true` (p50 / p95)", f"{ms(h50)} / {ms(h95)}",
                   floor, f"{ms(f50)} / {ms(f95)}", f"{h50 / f50:.2f}× / {h95 / f95:.2f}×")
+
+
+# ------------------------------------------------------------------ workspaces
+
+def persistent_latency(hw: Stack, table: Table, n: int, warmup: int) -> None:
+    hw.reconfigure({"session": {"mode": "persistent"}})
+    try:
+        res = interleave({"hatchway": hw.ssh_argv("alice", "true"),
+                          "sshd": hw.ssh_argv("carol", "true")}, n, max(warmup, 1))
+    finally:
+        subprocess.run(["hatchway", "workspaces", "rm", "alice"], capture_output=True)
+        hw.reconfigure(None)
+    h50, h95 = pct(res["hatchway"], .5), pct(res["hatchway"], .95)
+    f50, f95 = pct(res["sshd"], .5), pct(res["sshd"], .95)
+    table.add("persistent mode: start latency `ssh host true` into a workspace (p50 / p95)",
+              f"{ms(h50)} / {ms(h95)}", "plain sshd → host `true`", f"{ms(f50)} / {ms(f95)}",
+              f"{delta(h50 - f50)} (p50)")
+
+
+class _Master:
+    """An OpenSSH ControlMaster connection for `user`, with one session held
+    open on it (so a connection-mode container exists while we measure)."""
+
+    def __init__(self, hw: Stack, user: str):
+        self.dir = tempfile.mkdtemp(prefix="hw-bench-")
+        self.opts = ("-o", f"ControlPath={self.dir}/ctl")
+        self.master = subprocess.Popen(hw.ssh_argv(user, options=(
+            "-o", "ControlMaster=yes", "-o", "ControlPersist=no", "-N", *self.opts)),
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for _ in range(200):
+            if os.path.exists(f"{self.dir}/ctl"):
+                break
+            time.sleep(0.05)
+        self.held = subprocess.Popen(self.argv(hw, user, "echo ready; exec sleep 100000"),
+                                     stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                     stderr=subprocess.DEVNULL)
+        self.held.stdout.readline()
+
+    def argv(self, hw: Stack, user: str, command: str) -> list[str]:
+        return hw.ssh_argv(user, command, options=("-o", "ControlMaster=no", *self.opts))
+
+    def close(self) -> None:
+        for p in (self.held, self.master):
+            p.terminate()
+            p.wait()
+
+
+def connection_latency(hw: Stack, table: Table, n: int, warmup: int) -> None:
+    hw.reconfigure({"session": {"mode": "connection"}})
+    mine = plain = None
+    try:
+        mine, plain = _Master(hw, "alice"), _Master(hw, "carol")
+        res = interleave({"hatchway": mine.argv(hw, "alice", "true"),
+                          "sshd_mux": plain.argv(hw, "carol", "true"),
+                          "sshd": hw.ssh_argv("carol", "true")}, n, max(warmup, 1))
+    finally:
+        for m in (mine, plain):
+            if m is not None:
+                m.close()
+        hw.reconfigure(None)
+        hw.wait_no_containers(timeout=60)
+    h50, h95 = pct(res["hatchway"], .5), pct(res["hatchway"], .95)
+    for name, floor in (("plain sshd → host `true` (new connection)", res["sshd"]),
+                        ("plain sshd, second session over a ControlMaster", res["sshd_mux"])):
+        f50, f95 = pct(floor, .5), pct(floor, .95)
+        table.add("connection mode: a second session over a ControlMaster connection, "
+                  "`true` (p50 / p95)", f"{ms(h50)} / {ms(h95)}", name,
+                  f"{ms(f50)} / {ms(f95)}", f"{delta(h50 - f50)} (p50)")
 
 
 # ------------------------------------------------------------------ throughput
@@ -300,7 +377,9 @@ def main(argv=None) -> int:
     ap.add_argument("--throughput-runs", type=int, default=3)
     ap.add_argument("--sessions", default="10,50,200")
     ap.add_argument("--echo-samples", type=int, default=100)
-    ap.add_argument("--only", default="start,keys,throughput,concurrency")
+    ap.add_argument("--only", default="start,keys,throughput,concurrency,persistent,"
+                    "connection", help="comma-separated: start, keys, throughput, "
+                    "concurrency, persistent, connection")
     args = ap.parse_args(argv)
     only = set(args.only.split(","))
 
@@ -320,6 +399,12 @@ def main(argv=None) -> int:
             from tests.bench import keys
             keys.measure(hw, table, args.iterations, args.warmup)
             print("key check done", file=sys.stderr)
+        if "persistent" in only:
+            persistent_latency(hw, table, args.iterations, args.warmup)
+            print("persistent mode done", file=sys.stderr)
+        if "connection" in only:
+            connection_latency(hw, table, args.iterations, args.warmup)
+            print("connection mode done", file=sys.stderr)
         if "throughput" in only:
             throughput(hw, table, args.size_mb, args.throughput_runs)
             print("throughput done", file=sys.stderr)

@@ -255,6 +255,36 @@ def test_the_webhook_restarts_with_its_store(machine):
     assert (p.returncode, p.stdout) == (0, "again\n"), p.stderr
 
 
+def test_sessions_of_one_connection_share_its_container_under_the_sandbox(machine):
+    """connection mode: the daemon tells connections apart by walking /proc
+    from the session's hatchway-shell (the user's) to its sshd (root's);
+    the unit's sandbox must let it, or every session is a connection of its own."""
+    config = "/etc/hatchway/hatchway.yaml"
+    machine.run(["cp", config, "/root/hatchway.yaml.saved"])
+    machine.run(["sed", "-i", "s/^  # mode: session .*/  mode: connection/", config])
+    machine.run(["systemctl", "restart", "hatchway.service"])
+    wait_ready(machine)
+    try:
+        mux = ["-o", "ControlPath=/root/mux", "alice@127.0.0.1"]
+        machine.run([*SSH, "-o", "ControlMaster=yes", "-o", "ControlPersist=yes", "-f", "-N",
+                     *mux])
+        # two sessions at once over the one connection, then one over another
+        both = machine.run(["sh", "-c", " ".join(
+            [*SSH, *mux, "'hostname; sleep 2'", "& sleep 1;", *SSH, *mux, "hostname; wait"])])
+        first, second = both.stdout.split()
+        alone = ssh(machine, "hostname").stdout.split()
+        assert first == second and alone != [first], (both.stdout, alone)
+        machine.run([*SSH, *mux[:2], "-O", "exit", "alice@127.0.0.1"], check=False)
+    finally:
+        machine.run(["cp", "/root/hatchway.yaml.saved", config])
+        machine.run(["systemctl", "restart", "hatchway.service"])
+        wait_ready(machine)
+    end = time.monotonic() + 30
+    while machine.containers():                 # the connections' containers go with them
+        assert time.monotonic() < end, machine.containers()
+        time.sleep(0.2)
+
+
 def test_everything_comes_back_after_a_reboot(machine):
     """/run is empty after a boot: tmpfiles must recreate /run/hatchway before
     the daemon starts (its sandbox needs the directory to exist)."""

@@ -62,9 +62,9 @@ class Pipes:
         self.fds = [self.in_r, self.out_w, self.err_w]
 
 
-def relay(proc, fds, pty=False, grace=0.2, pending=()):
+def relay(proc, fds, pty=False, grace=0.2, pending=(), limits=None):
     ours, theirs = socket.socketpair()
-    r = Relay(proc, fds, pty, ours, FrameReader(), list(pending), grace)
+    r = Relay(proc, fds, pty, ours, FrameReader(), list(pending), grace, limits=limits)
     result = {}
     t = threading.Thread(target=lambda: result.setdefault("outcome", r.run()), daemon=True)
     t.start()

@@ -148,6 +148,17 @@ class Docker:
         path = f"/exec/{quote(exec_id)}/resize" if exec_id else f"/containers/{quote(cid)}/resize"
         self.call("POST", path, query={"h": rows, "w": cols}, ok=(200, 201))
 
+    def stop(self, cid: str, timeout: int = 5) -> None:
+        """SIGTERM to the container's init, SIGKILL after `timeout` seconds."""
+        self.call("POST", f"/containers/{quote(cid)}/stop", query={"t": timeout},
+                  ok=(204, 304, 404), timeout=timeout + 30)
+
+    def exec_create(self, cid: str, body: dict) -> str:
+        return self.call("POST", f"/containers/{quote(cid)}/exec", body, ok=(201,))["Id"]
+
+    def exec_inspect(self, exec_id: str) -> dict:
+        return self.call("GET", f"/exec/{quote(exec_id)}/json")
+
     def kill(self, cid: str, signal: str) -> None:
         self.call("POST", f"/containers/{quote(cid)}/kill", query={"signal": signal},
                   ok=(204, 409, 404))
@@ -169,12 +180,15 @@ class Docker:
         return self.call("GET", "/containers/json", query={"all": int(all_), "filters": filters})
 
     def image_exists(self, image: str) -> bool:
+        return self.image_id(image) is not None
+
+    def image_id(self, image: str) -> str | None:
+        """The image's id (sha256:...), None if the engine does not have it."""
         try:
-            self.call("GET", f"/images/{quote(image, safe='/:@')}/json")
-            return True
+            return self.call("GET", f"/images/{quote(image, safe='/:@')}/json").get("Id") or ""
         except DockerError as e:
             if e.status == 404:
-                return False
+                return None
             raise
 
 

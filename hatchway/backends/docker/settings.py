@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 
-from hatchway.core.config import PATH, T, section
+from hatchway.core.config import PATH, T, check_argv, section
 
 # The network sessions join by default: Hatchway creates it on first use
 # (backend.py), a bridge without traffic between its containers.
@@ -81,6 +81,10 @@ class Settings:
     pid_mode: str | None = T("str", None)
     ipc_mode: str | None = T("str", None)
     start_timeout: float = T("duration", 60.0)
+    # connection and persistent modes: what the workspace container runs
+    # while sessions are exec'd into it
+    idle_command: list = T("list", ["/bin/sh", "-c", "while :; do sleep 3600; done"],
+                           item=T("str"), check=check_argv)
 
 
 DAEMON_WIDE = ("host", "ca_file", "cert_file", "key_file")
