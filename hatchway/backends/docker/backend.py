@@ -19,7 +19,7 @@ import time
 from .. import labels as L
 from ..base import Backend, BackendError, ExitStatus, Found, Process, SessionSpec
 from . import isolation
-from .api import Docker, DockerError, Stream, WaitHandle
+from .api import ENGINE_DOWN, ENGINE_GONE, Docker, DockerError, Stream, WaitHandle
 from .settings import NETWORK
 
 log = logging.getLogger("hatchwayd")
@@ -34,6 +34,10 @@ DETACH_KEYS = "ctrl-^,ctrl-^,ctrl-^,ctrl-^"
 # size still arrives by the resize after the start.)
 SIZED = 'stty rows "$1" cols "$2" 2>/dev/null; shift 2; exec "$@"'
 RECV_BUFFER = 1 << 20       # one recv_into may bring this much output
+# How long a session process keeps trying to remove its container while the
+# engine does not answer (dockerd restarting): the client already has its
+# answer; past this the daemon's reaper removes it.
+REMOVE_FOR = 60.0
 
 
 def api_for(d) -> Docker:
@@ -143,7 +147,7 @@ class DockerBackend(Backend):
         except DockerError as e:
             # Docker's words may name host paths: the log has them
             if e.status == 0:
-                raise BackendError("cannot reach the container engine",
+                raise BackendError(ENGINE_DOWN,
                                    f"cannot reach the container engine: {e}") from None
             raise BackendError("cannot create the session's container",
                                f"cannot create the container: {e}") from None
@@ -170,7 +174,9 @@ class DockerBackend(Backend):
         try:
             present = self.api.image_exists(image)
         except DockerError as e:
-            raise BackendError("cannot reach the container engine",
+            # the user gets no host path or engine detail; the log has them
+            raise BackendError(ENGINE_DOWN if e.status == 0 else "the container engine "
+                               "cannot start a session now; try again later",
                                f"cannot reach the container engine: {e}") from None
         if policy == "Never" and not present:
             raise BackendError(f"image {image} is not available on this host")
@@ -402,17 +408,29 @@ class DockerProcess(Process):
     def exit_status(self, timeout: float | None = None) -> ExitStatus:
         try:
             result = self.waiter.result(timeout)
-        except DockerError:
-            info = self.api.inspect(self.cid)
+        except DockerError as e:
+            if getattr(e, "dropped", False):
+                return ExitStatus(255, ENGINE_GONE)
+            try:
+                info = self.api.inspect(self.cid)
+            except DockerError:             # no engine to ask
+                return ExitStatus(255, ENGINE_GONE)
             state = (info or {}).get("State") or {}
             if state.get("Running") or not info:
                 return ExitStatus(255, "lost the exit status of the container")
             result = {"StatusCode": state.get("ExitCode", 255)}
         code = int(result.get("StatusCode", 255)) & 0xFF
         note = None
-        if code == 137:
-            info = self.api.inspect(self.cid) if not self._gone else None
-            if info and (info.get("State") or {}).get("OOMKilled"):
+        if code > 128 and not self._gone:
+            # Killed by a signal: by the command's own doing, the kernel's OOM
+            # killer, or dockerd stopping every container on its way down.
+            # It closes its API before it stops them, so an engine that does
+            # not answer now is the last of these.
+            try:
+                info = self.api.inspect(self.cid)
+            except DockerError:
+                return ExitStatus(255, ENGINE_GONE)
+            if code == 137 and info and (info.get("State") or {}).get("OOMKilled"):
                 note = "the session ran out of memory and was killed (exit 137)"
         return ExitStatus(code, note)
 
@@ -422,10 +440,14 @@ class DockerProcess(Process):
                 return
             self._gone = True
         self.stream.close()
-        for _ in range(3):
-            if _safe(lambda: self.api.remove(self.cid)):
+        end, pause = time.monotonic() + REMOVE_FOR, 0.2
+        while not _safe(lambda: self.api.remove(self.cid)):
+            if time.monotonic() + pause > end:
+                log.warning("could not remove container %s (the engine does not answer); "
+                            "the reaper will", self.id)
                 return
-            time.sleep(0.2)
+            time.sleep(pause)
+            pause = min(pause * 2, 2.0)
 
 
 BACKEND = DockerBackend
