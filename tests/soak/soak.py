@@ -249,8 +249,16 @@ class Soak:
             for i in range(rng.randint(1, 4)):
                 rows, cols = rng.randint(10, 80), rng.randint(20, 250)
                 c.setwinsize(rows, cols)
-                c.sendline(f"stty size; echo m{i}")
-                c.expect(f"{rows} {cols}\r\nm{i}")
+                # ssh sends the new size when its SIGWINCH handler has run,
+                # which a command typed at once may overtake: ask again
+                for attempt in range(5):
+                    time.sleep(0.3)
+                    c.sendline(f"stty size; echo m{i}.{attempt}")
+                    c.expect(rf"(\d+) (\d+)\r\nm{i}\.{attempt}")
+                    if c.match.group(1, 2) == (b"%d" % rows, b"%d" % cols):
+                        break
+                else:
+                    raise AssertionError(f"the size never became {rows} {cols}")
                 if target and i == 0:
                     struck = self.strike(target, user, c)
                     if struck:
@@ -260,7 +268,9 @@ class Soak:
             ok = True
         except (pexpect.EOF, pexpect.TIMEOUT):
             pass
-        tail = (c.before or b"") if isinstance(c.before, bytes) else b""
+        except AssertionError as e:
+            tail = str(e).encode()
+        tail += (c.before or b"") if isinstance(c.before, bytes) else b""
         c.close(force=True)
         code = c.exitstatus if c.exitstatus is not None else 255
         shim = subprocess.CompletedProcess([], code)
