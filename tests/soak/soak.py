@@ -52,8 +52,8 @@ def digest(data: bytes) -> str:
 
 
 def clear_line(err: bytes) -> bool:
-    return any(line.lstrip().startswith(CLEAR) or b"hatchway: " in line
-               for line in err.replace(b"\r", b"\n").splitlines())
+    return any(mark in line for line in err.replace(b"\r", b"\n").splitlines()
+               for mark in CLEAR)
 
 
 class Soak:
@@ -195,11 +195,12 @@ class Soak:
             self.record(kind, "killed")
         elif p.returncode != 0 and clear_line(err):
             self.record(kind, "clear")
-        elif kind == "sftp" and p.returncode != 0 and began <= self.engine_window[1] \
-                and time.monotonic() >= self.engine_window[0]:
-            # sshd drops a subsystem's stderr: an sftp session the dockerd
-            # restart ended (or refused) cannot show our line, only
-            # "Connection closed"; counted apart, not as ok
+        elif kind in ("sftp", "scp") and p.returncode != 0 \
+                and began <= self.engine_window[1] and time.monotonic() >= self.engine_window[0]:
+            # A transfer the dockerd restart ended (or refused) cannot show
+            # our line: sshd drops a subsystem's stderr (sftp: "Connection
+            # closed"), and scp -O quits on the data stream's end before the
+            # line follows ("lost connection").  Counted apart, not as ok.
             self.record(kind, "engine")
         else:
             self.record(kind, "failed", f"exit {p.returncode} {detail} {err[-300:]!r}")
@@ -321,6 +322,7 @@ class Soak:
         remote = f"{user}@127.0.0.1:/data/f"
         argv = ["scp", "-q", "-O", "-P", str(SSHD_PORT), *opts,
                 *((str(local), remote) if up else (remote, str(local)))]
+        began = time.monotonic()
         p = self.popen(argv, stdin=subprocess.DEVNULL)
         t = self.later(self.aim(rng), user, p, rng)
         try:
@@ -334,7 +336,7 @@ class Soak:
         if p.returncode == 0:
             self.transfer(exact)
         self.finish("scp", p, struck, exact, err,
-                    f"scp -O {'up' if up else 'down'} {len(data)} B")
+                    f"scp -O {'up' if up else 'down'} {len(data)} B", began)
 
 
 # ------------------------------------------------------------------ leftovers
@@ -457,7 +459,7 @@ def main(argv=None) -> int:
         print(f"  ok                       {r['ok']}")
         print(f"  refused/ended, clear line {r['clear']}")
         print(f"  killed by an injected fault {r['killed']}")
-        print(f"  sftp ended by the dockerd restart, no line possible {r['engine']}")
+        print(f"  sftp/scp ended by the dockerd restart, no line possible {r['engine']}")
         print(f"  failed otherwise         {r['failed']}")
         for kind in KINDS:
             row = {o: soak.kinds[(kind, o)] for o in ("ok", "clear", "killed", "engine", "failed")}
