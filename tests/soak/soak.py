@@ -403,6 +403,11 @@ def main(argv=None) -> int:
         os.environ["DOCKER_HOST"] = engine_mod.HOST     # tools_image drives `docker`
         image = tools_image.ensure()
         soak = Soak(a, stack, eng, tmp)
+        # writable mounts must be nosuid (hatchway.yaml(5)): a bind of the
+        # directory onto itself, remounted so, as tests/e2e/files does
+        DATA.mkdir(parents=True, exist_ok=True)
+        run(["mount", "--bind", str(DATA), str(DATA)])
+        run(["mount", "-o", "remount,bind,nosuid,nodev", str(DATA)])
         for u in soak.users:
             shutil.rmtree(DATA / u, ignore_errors=True)
             (DATA / u).mkdir(parents=True)
@@ -484,6 +489,7 @@ def main(argv=None) -> int:
     finally:
         for u in [f"soak{i:02d}" for i in range(a.concurrency)]:
             run(["hatchway", "users", "remove", u, "--db", str(stack.db)], check=False)
+        run(["umount", "-l", str(DATA)], check=False)
         shutil.rmtree(DATA, ignore_errors=True)
         eng.stop()
         stack.stop()
