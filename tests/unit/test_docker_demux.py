@@ -4,7 +4,7 @@ import struct
 
 import pytest
 
-from hatchway.backends.docker.backend import DockerProcess
+from hatchway.backends.docker.process import DockerProcess
 from hatchway.backends.docker.workspace import DockerExecProcess
 from hatchway.backends.exec_wrapper import read_pid
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 from urllib.parse import quote, urlencode
 
 from hatchway.core import http11
@@ -17,6 +18,10 @@ from hatchway.core import http11
 from ..base import EngineError
 
 API = "/v1.41"
+# What a user reads when dockerd is down at login, and when it stops or
+# restarts under a live session (dockerd stops every container as it goes).
+ENGINE_DOWN = "the container engine is not available; try again later"
+ENGINE_GONE = "the container engine stopped or restarted; this session has ended"
 
 
 class DockerError(EngineError):
@@ -208,12 +213,18 @@ class WaitHandle:
             pass
 
     def result(self, timeout: float | None = None) -> dict:
-        """Block for the wait answer: {"StatusCode": n, "Error": ...}."""
+        """Block for the wait answer: {"StatusCode": n, "Error": ...}.
+        A DockerError's `dropped` is true when dockerd closed the wait before
+        its answer and before `timeout`: it answers a wait whenever the
+        container exits, so it stopped or restarted."""
+        deadline = http11.Deadline(timeout)
         try:
-            body = http11.read_body(self.sock, self.headers, self.rest,
-                                    http11.Deadline(timeout), 65536)
+            body = http11.read_body(self.sock, self.headers, self.rest, deadline, 65536)
             return json.loads(body)
         except (http11.HTTPError, ValueError) as e:
-            raise DockerError(0, f"lost the container's exit status: {e}") from None
+            err = DockerError(0, f"lost the container's exit status: {e}")
+            err.dropped = isinstance(e, http11.HTTPError) and \
+                (deadline.end is None or time.monotonic() < deadline.end)
+            raise err from None
         finally:
             self.sock.close()

@@ -18,7 +18,7 @@ from .. import workspaces as W
 from ..base import Backend, BackendError, Found, Process, SessionSpec
 from ..exec_wrapper import signal_argv
 from . import isolation, workspace
-from .api import Docker, DockerError
+from .api import ENGINE_DOWN, Docker, DockerError
 from .process import DETACH_KEYS, DockerProcess
 from .settings import NETWORK
 
@@ -146,7 +146,7 @@ class DockerBackend(Backend):
         except DockerError as e:
             # Docker's words may name host paths: the log has them
             if e.status == 0:
-                raise BackendError("cannot reach the container engine",
+                raise BackendError(ENGINE_DOWN,
                                    f"cannot reach the container engine: {e}") from None
             raise BackendError("cannot create the session's container",
                                f"cannot create the container: {e}") from None
@@ -198,7 +198,9 @@ class DockerBackend(Backend):
         try:
             iid = self.api.image_id(image)
         except DockerError as e:
-            raise BackendError("cannot reach the container engine",
+            # the user gets no host path or engine detail; the log has them
+            raise BackendError(ENGINE_DOWN if e.status == 0 else "the container engine "
+                               "cannot start a session now; try again later",
                                f"cannot reach the container engine: {e}") from None
         if policy == "Never" and iid is None:
             raise BackendError(f"image {image} is not available on this host")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from .. import labels as L
 from ..base import BackendError
-from .api import Docker, DockerError
+from .api import ENGINE_DOWN, Docker, DockerError
 from .settings import BRIDGE, NETWORK
 
 ICC = "com.docker.network.bridge.enable_icc"
@@ -25,7 +25,7 @@ def ensure_network(api: Docker) -> str:
         net = api.call("GET", f"/networks/{NETWORK}")
     except DockerError as e:
         if e.status != 404:
-            raise BackendError("cannot reach the container engine",
+            raise BackendError(ENGINE_DOWN,
                                f"cannot inspect network {NETWORK}: {e}") from None
         try:
             # CheckDuplicate: two sessions creating it at once must not make two
@@ -53,7 +53,7 @@ def ensure_volume(api: Docker, name: str, user: str) -> None:
         vol = api.call("GET", f"/volumes/{name}")
     except DockerError as e:
         if e.status != 404:
-            raise BackendError("cannot reach the container engine",
+            raise BackendError(ENGINE_DOWN,
                                f"cannot inspect volume {name}: {e}") from None
         try:
             vol = api.call("POST", "/volumes/create", {

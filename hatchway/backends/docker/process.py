@@ -4,6 +4,7 @@ DockerProcess) or an exec into a workspace (workspace.py)."""
 
 from __future__ import annotations
 
+import logging
 import mmap
 import socket
 import struct
@@ -11,12 +12,18 @@ import threading
 import time
 
 from ..base import ExitStatus, Process
-from .api import Docker, DockerError, Stream, WaitHandle
+from .api import ENGINE_GONE, Docker, DockerError, Stream, WaitHandle
+
+log = logging.getLogger("hatchwayd")
 
 # dockerd swallows its detach sequence even for API clients and it cannot be
 # turned off; pick one nobody types: four ctrl-^ in a row.
 DETACH_KEYS = "ctrl-^,ctrl-^,ctrl-^,ctrl-^"
 RECV_BUFFER = 1 << 20       # one recv_into may bring this much output
+# How long a session process keeps trying to remove its container while the
+# engine does not answer (dockerd restarting): the client already has its
+# answer; past this the daemon's reaper removes it.
+REMOVE_FOR = 60.0
 
 
 class DockerProcess(Process):
@@ -133,17 +140,29 @@ class DockerProcess(Process):
     def exit_status(self, timeout: float | None = None) -> ExitStatus:
         try:
             result = self.waiter.result(timeout)
-        except DockerError:
-            info = self.api.inspect(self.cid)
+        except DockerError as e:
+            if getattr(e, "dropped", False):
+                return ExitStatus(255, ENGINE_GONE)
+            try:
+                info = self.api.inspect(self.cid)
+            except DockerError:             # no engine to ask
+                return ExitStatus(255, ENGINE_GONE)
             state = (info or {}).get("State") or {}
             if state.get("Running") or not info:
                 return ExitStatus(255, "lost the exit status of the container")
             result = {"StatusCode": state.get("ExitCode", 255)}
         code = int(result.get("StatusCode", 255)) & 0xFF
         note = None
-        if code == 137:
-            info = self.api.inspect(self.cid) if not self._gone else None
-            if info and (info.get("State") or {}).get("OOMKilled"):
+        if code > 128 and not self._gone:
+            # Killed by a signal: by the command's own doing, the kernel's OOM
+            # killer, or dockerd stopping every container on its way down.
+            # It closes its API before it stops them, so an engine that does
+            # not answer now is the last of these.
+            try:
+                info = self.api.inspect(self.cid)
+            except DockerError:
+                return ExitStatus(255, ENGINE_GONE)
+            if code == 137 and info and (info.get("State") or {}).get("OOMKilled"):
                 note = "the session ran out of memory and was killed (exit 137)"
         return ExitStatus(code, note)
 
@@ -153,10 +172,14 @@ class DockerProcess(Process):
                 return
             self._gone = True
         self.stream.close()
-        for _ in range(3):
-            if _safe(lambda: self.api.remove(self.cid)):
+        end, pause = time.monotonic() + REMOVE_FOR, 0.2
+        while not _safe(lambda: self.api.remove(self.cid)):
+            if time.monotonic() + pause > end:
+                log.warning("could not remove container %s (the engine does not answer); "
+                            "the reaper will", self.id)
                 return
-            time.sleep(0.2)
+            time.sleep(pause)
+            pause = min(pause * 2, 2.0)
 
 
 def _safe(fn) -> bool:
