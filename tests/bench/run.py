@@ -584,37 +584,40 @@ def main(argv=None) -> int:
         sftp = {"sftp_image": pscp_config()["docker"]["image"],
                 "sftp_data": PSCP_DATA / floors.USER}
     floor = FloorSshd(hw, **sftp)
+    failed: list[str] = []
+
+    def section(name: str, fn, *a, **kw) -> None:
+        """One group of rows; a failure is reported and the others still run."""
+        if name not in only:
+            return
+        try:
+            fn(*a, **kw)
+            print(f"{name} done", file=sys.stderr)
+        except Exception as e:  # noqa: BLE001 (printed with the table)
+            failed.append(f"{name}: {type(e).__name__}: {e}")
+            print(f"{name} FAILED: {e}", file=sys.stderr)
+
+    def k8s_rows() -> None:
+        from tests.bench import k8s
+        k8s.measure(hw, table, size_mb=args.size_mb, runs=args.throughput_runs,
+                    n=args.iterations, warmup=args.warmup)
+
+    def keys_rows() -> None:
+        from tests.bench import keys
+        keys.measure(hw, table, args.iterations, args.warmup)
+
     try:
         hw.start()
         floor.start()
-        if "start" in only:
-            start_latency(hw, floor, table, args.iterations, args.warmup)
-            print("start latency done", file=sys.stderr)
-        if "keys" in only and Path(__file__).with_name("keys.py").exists():
-            from tests.bench import keys
-            keys.measure(hw, table, args.iterations, args.warmup)
-            print("key check done", file=sys.stderr)
-        if "persistent" in only:
-            persistent_latency(hw, table, args.iterations, args.warmup)
-            print("persistent mode done", file=sys.stderr)
-        if "connection" in only:
-            connection_latency(hw, table, args.iterations, args.warmup)
-            print("connection mode done", file=sys.stderr)
-        if "throughput" in only:
-            throughput(hw, floor, table, args.size_mb, args.throughput_runs)
-            print("throughput done", file=sys.stderr)
-        if "concurrency" in only:
-            concurrency(hw, floor, table, [int(x) for x in args.sessions.split(",")],
-                        args.echo_samples)
-            print("concurrency done", file=sys.stderr)
-        if "pscp" in only:
-            pscp_upload(hw, table, args.pscp_mb, args.pscp_runs, args.pscp_limit)
-            print("pscp done", file=sys.stderr)
-        if "k8s" in only:
-            from tests.bench import k8s
-            k8s.measure(hw, table, size_mb=args.size_mb, runs=args.throughput_runs,
-                        n=args.iterations, warmup=args.warmup)
-            print("kubernetes done", file=sys.stderr)
+        section("start", start_latency, hw, floor, table, args.iterations, args.warmup)
+        section("keys", keys_rows)
+        section("persistent", persistent_latency, hw, table, args.iterations, args.warmup)
+        section("connection", connection_latency, hw, table, args.iterations, args.warmup)
+        section("throughput", throughput, hw, floor, table, args.size_mb, args.throughput_runs)
+        section("concurrency", concurrency, hw, floor, table,
+                [int(x) for x in args.sessions.split(",")], args.echo_samples)
+        section("pscp", pscp_upload, hw, table, args.pscp_mb, args.pscp_runs, args.pscp_limit)
+        section("k8s", k8s_rows)
     finally:
         floor.stop()
         hw.stop()
@@ -623,7 +626,9 @@ def main(argv=None) -> int:
     print(f"\n{versions()} · load average {load_before[0]:.1f} at the start, "
           f"{os.getloadavg()[0]:.1f} at the end · {(time.monotonic() - started) / 60:.0f} min\n")
     print(table.render())
-    return 0
+    for f in failed:
+        print(f"\nnot measured: {f}")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
