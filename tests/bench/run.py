@@ -563,6 +563,8 @@ def main(argv=None) -> int:
     ap.add_argument("--pscp-runs", type=int, default=3)
     ap.add_argument("--pscp-limit", type=float, default=120,
                     help="seconds after which one pscp run is stopped")
+    ap.add_argument("--k8s-size-mb", type=int, default=50,
+                    help="throughput size on Kubernetes (its relay is slower: keep runs short)")
     ap.add_argument("--only", default=",".join(ALL),
                     help=f"comma-separated, of {', '.join(ALL + OPT_IN)} "
                          f"(default all but {', '.join(OPT_IN)})")
@@ -599,7 +601,7 @@ def main(argv=None) -> int:
 
     def k8s_rows() -> None:
         from tests.bench import k8s
-        k8s.measure(hw, table, size_mb=args.size_mb, runs=args.throughput_runs,
+        k8s.measure(hw, table, size_mb=args.k8s_size_mb, runs=args.throughput_runs,
                     n=args.iterations, warmup=args.warmup)
 
     def keys_rows() -> None:
