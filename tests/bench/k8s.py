@@ -8,10 +8,13 @@ minute or two).
               same API client as the backend, polling every 20 ms; deletion
               after the status, untimed, as Hatchway deletes after its reply);
               and that plus a plain sshd login
-  throughput  N MB out of / into a session (the websocket relay)
-              vs `kubectl exec -i` into an already running bare pod of the
-              same image on the same cluster, alone and piped through one ssh
-              hop (the same sshd, to a host command)
+  throughput  N MB out of / into a session (the websocket relay; a session
+              starts its pod, so the time includes that start)
+              vs a bare pod of the same image on the same cluster, created and
+              waited for as above, then `kubectl exec -i` into it, alone and
+              piped through one ssh hop (the same sshd, to a host command);
+              and `kubectl exec -i` into a pod that already runs (the
+              transfer alone)
 
 Asserts nothing; the whole pipeline checks that every byte arrived.
 """
@@ -122,32 +125,54 @@ def start(hw, api, table, n: int, warmup: int) -> None:
                   f"{h50 / f50:.2f}× / {h95 / f95:.2f}×")
 
 
-def throughput(hw, kubeconfig: str, table, size_mb: int, runs: int) -> None:
-    from tests.bench.run import MB, interleave
+def throughput(hw, api, kubeconfig: str, table, size_mb: int, runs: int) -> None:
+    """Every Hatchway run starts a pod, so its floors do too: a bare pod
+    created and waited for (timed), then `kubectl exec -i` into it; and, for
+    the transfer alone, `kubectl exec -i` into a pod that already runs."""
+    from tests.bench.run import MB, timed
     size = size_mb * MB
     check = f'test "$(cat)" -eq {size}'
-    kx = shlex.join(["kubectl", "--kubeconfig", kubeconfig, "-n", NS, "exec", "-i", FLOOR_POD,
-                     "-c", "c", "--"])
+
+    def kx(pod: str) -> str:
+        return shlex.join(["kubectl", "--kubeconfig", kubeconfig, "-n", NS, "exec", "-i", pod,
+                           "-c", "c", "--"])
     ssh_out = shlex.join(hw.ssh_argv("alice", f"head -c {size} /dev/zero"))
     ssh_in = shlex.join(hw.ssh_argv("alice", "wc -c"))
     plain_out = shlex.join(hw.ssh_argv("carol", f"head -c {size} /dev/zero"))
     plain_in = shlex.join(hw.ssh_argv("carol", "wc -c"))
-    res = interleave({
-        "out": f"{ssh_out} | wc -c | sh -c '{check}'",
-        "out_kubectl": f"{kx} head -c {size} /dev/zero | wc -c | sh -c '{check}'",
-        "out_both": f"{kx} head -c {size} /dev/zero | {plain_in} | sh -c '{check}'",
-        "in": f"head -c {size} /dev/zero | {ssh_in} | sh -c '{check}'",
-        "in_kubectl": f"head -c {size} /dev/zero | {kx} wc -c | sh -c '{check}'",
-        "in_both": f"{plain_out} | {kx} wc -c | sh -c '{check}'",
-    }, runs, 1)
+    floors = {  # name: pod -> shell line
+        "out_kubectl": lambda pod: f"{kx(pod)} head -c {size} /dev/zero | wc -c | sh -c '{check}'",
+        "out_both": lambda pod: f"{kx(pod)} head -c {size} /dev/zero | {plain_in} | sh -c '{check}'",
+        "in_kubectl": lambda pod: f"head -c {size} /dev/zero | {kx(pod)} wc -c | sh -c '{check}'",
+        "in_both": lambda pod: f"{plain_out} | {kx(pod)} wc -c | sh -c '{check}'",
+    }
+    res: dict[str, list[float]] = {k: [] for k in
+                                   ["out", "in", *floors, "out_running", "in_running"]}
+    for i in range(1 + runs):                       # one warm-up round
+        got = {"out": timed(f"{ssh_out} | wc -c | sh -c '{check}'", shell=True),
+               "in": timed(f"head -c {size} /dev/zero | {ssh_in} | sh -c '{check}'", shell=True)}
+        for name, line in floors.items():
+            pod = f"{FLOOR_POD}-{name.replace('_', '-')}-{i}"
+            t = time.perf_counter()
+            try:
+                _create_running(api, pod)
+                got[name] = time.perf_counter() - t + timed(line(pod), shell=True)
+            finally:
+                _delete(api, pod)
+        got["out_running"] = timed(floors["out_kubectl"](FLOOR_POD), shell=True)
+        got["in_running"] = timed(floors["in_kubectl"](FLOOR_POD), shell=True)
+        if i:
+            for k, v in got.items():
+                res[k].append(v)
     for way, label in (("out", f"{size_mb} MB out of a session"),
                        ("in", f"{size_mb} MB into a session")):
         h = size_mb / _pct(res[way], .5)
-        for suffix, name in (("_kubectl", "`kubectl exec -i` into a running bare pod"),
-                             ("_both", "`kubectl exec -i` piped through one ssh hop")):
+        for suffix, name in (("_kubectl", "bare pod created, then `kubectl exec -i`"),
+                             ("_both", "bare pod, `kubectl exec -i` piped through one ssh hop"),
+                             ("_running", "`kubectl exec -i` into a running pod (no start)")):
             f = size_mb / _pct(res[way + suffix], .5)
-            table.add(f"Kubernetes: throughput, {label} (median)", f"{h:.0f} MB/s", name,
-                      f"{f:.0f} MB/s", f"{h / f:.2f}×")
+            table.add(f"Kubernetes: throughput, {label} incl. its start (median)",
+                      f"{h:.0f} MB/s", name, f"{f:.0f} MB/s", f"{h / f:.2f}×")
 
 
 def measure(hw, table, size_mb: int, runs: int, n: int, warmup: int) -> None:
@@ -161,7 +186,7 @@ def measure(hw, table, size_mb: int, runs: int, n: int, warmup: int) -> None:
             print("kubernetes start done", file=sys.stderr)
             _create_running(api, FLOOR_POD)
             try:
-                throughput(hw, kubeconfig, table, size_mb, runs)
+                throughput(hw, api, kubeconfig, table, size_mb, runs)
             finally:
                 _delete(api, FLOOR_POD)
         finally:
