@@ -561,7 +561,7 @@ def main(argv=None) -> int:
     ap.add_argument("--echo-samples", type=int, default=100)
     ap.add_argument("--pscp-mb", type=int, default=100)
     ap.add_argument("--pscp-runs", type=int, default=3)
-    ap.add_argument("--pscp-limit", type=float, default=120,
+    ap.add_argument("--pscp-limit", type=float, default=60,
                     help="seconds after which one pscp run is stopped")
     ap.add_argument("--k8s-size-mb", type=int, default=50,
                     help="throughput size on Kubernetes (its relay is slower: keep runs short)")
