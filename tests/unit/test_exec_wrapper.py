@@ -4,6 +4,7 @@ is: the pid line, the environment, the FIFO, and the signal sweep."""
 
 import os
 import shutil
+import signal
 import subprocess
 import time
 
@@ -53,7 +54,10 @@ def session(shell):
     a hangup), a background job and a job that started a session of its own."""
     p = subprocess.Popen(shell + ["-c", 'sleep 300 & a=$!; setsid sleep 301 & b=$!; '
                                   'trap "" HUP; echo "$a $b"; wait'],
-                         start_new_session=True, stdout=subprocess.PIPE)
+                         start_new_session=True, stdout=subprocess.PIPE,
+                         # a test run under nohup (CI may be) would pass on an
+                         # ignored HUP, and ignored signals survive exec
+                         preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_DFL))
     job, own = map(int, p.stdout.readline().split())
     with open(f"/proc/{p.pid}/stat") as f:
         start = int(f.read().rsplit(") ", 1)[1].split()[19])
