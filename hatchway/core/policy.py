@@ -10,9 +10,10 @@ import os
 from .errors import HatchwayError
 
 # Host paths that are never mounted into a session, whatever the prefixes say:
-# each hands out the container engine.
+# each hands out the container engine, or (/run/hatchway) the daemon's socket
+# and every session's forwarded agent.
 NEVER_MOUNT = ("/var/run/docker.sock", "/run/docker.sock", "/run/containerd",
-               "/var/run/containerd")
+               "/var/run/containerd", "/run/hatchway", "/var/run/hatchway")
 
 
 class Violation(HatchwayError):
