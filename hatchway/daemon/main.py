@@ -25,7 +25,7 @@ import time
 from hatchway.backends import labels, registry
 from hatchway.core import config as config_mod, fsutil
 
-from . import events, live, recording
+from . import agent, events, live, recording
 
 
 log = logging.getLogger("hatchwayd")
@@ -71,6 +71,9 @@ def run_reaper(cfg) -> None:
             events.emit(cfg.daemon.socket, {"e": "reaped", "backend": cfg.backend,
                                             "n": len(removed)})
         live.sweep(cfg.daemon.socket)
+        for key in agent.sweep(os.path.dirname(cfg.daemon.socket)):
+            log.info("reaper removed the agent directory of %s (its session process is gone)",
+                     key)
         recording.prune(cfg.recordings.dir, cfg.recordings.retention)
     except Exception as e:  # never let a reaper failure escape into a traceback loop
         log.error("reaper failed: %s", e)

@@ -32,6 +32,7 @@ DETACH_KEYS = "ctrl-^,ctrl-^,ctrl-^,ctrl-^"
 # size still arrives by the resize after the start.)
 SIZED = 'stty rows "$1" cols "$2" 2>/dev/null; shift 2; exec "$@"'
 RECV_BUFFER = 1 << 20       # one recv_into may bring this much output
+AGENT_TARGET = "/run/hatchway"      # = daemon/agent.py IN_CONTAINER
 
 
 def api_for(d) -> Docker:
@@ -64,6 +65,12 @@ def container_spec(spec: SessionSpec) -> dict:
         host["NetworkMode"] = d.network
     if d.mounts:
         host["Mounts"] = list(d.mounts)
+    if spec.agent_dir:
+        # read-only: the host side listens in there and must never find
+        # anything the container made (a symlink to a host socket, say)
+        host.setdefault("Mounts", []).append(
+            {"Type": "bind", "Source": spec.agent_dir, "Target": AGENT_TARGET,
+             "ReadOnly": True})
     # what the policy (backends/docker/policy.py) has already allowed
     if d.privileged:
         host["Privileged"] = True
@@ -110,6 +117,8 @@ def container_name(spec: SessionSpec) -> str:
 
 
 class DockerBackend(Backend):
+    agent_forwarding = True
+
     def __init__(self, cfg):
         super().__init__(cfg)
         self.api = api_for(cfg.docker)
@@ -266,6 +275,26 @@ def _start_error(e: DockerError) -> str:
     return msg
 
 
+def _in_container(pid: int, cid: str) -> bool | None:
+    """Is `pid` in container `cid`?  None: this process cannot see it."""
+    try:
+        with open(f"/proc/{pid}/cgroup", encoding="ascii", errors="replace") as f:
+            return any(cid in line for line in f)
+    except OSError:
+        return None
+
+
+def _real_uid(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("Uid:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 class DockerProcess(Process):
     def __init__(self, api: Docker, cid: str, stream: Stream, waiter: WaitHandle, tty: bool):
         self.api = api
@@ -281,8 +310,34 @@ class DockerProcess(Process):
         self._pos = self._end = 0       # unparsed bytes: _buf[_pos:_end]
         self._gone = False
         self._lock = threading.Lock()
+        self._user_uid: int | None = None
 
     # -- bytes
+
+    def agent_peer_ok(self, pid: int, uid: int) -> bool:
+        # In this container: its cgroup path names the container's full id
+        # (cgroup v1 and v2, cgroupfs and systemd drivers alike).  Under the
+        # packaged unit (ProtectProc=invisible) other uids' processes are not
+        # in /proc at all; then what remains is that only this container (and
+        # root and hatchway on the host) can reach the socket's directory.
+        if _in_container(pid, self.cid) is False:
+            return False
+        return uid == 0 or uid == self._container_uid()
+
+    def _container_uid(self) -> int | None:
+        """The uid the container's processes run as: its first process's
+        (docker-init or the command) as the kernel has it, so a user name only
+        the image's /etc/passwd knows needs no lookup; failing that, a numeric
+        `User` (or none: root).  None: only root may use the agent."""
+        if self._user_uid is None:
+            info = (self.api.inspect(self.cid) if not self._gone else None) or {}
+            pid = (info.get("State") or {}).get("Pid")
+            if isinstance(pid, int) and pid > 0:
+                self._user_uid = _real_uid(pid)
+            if self._user_uid is None:
+                user = str((info.get("Config") or {}).get("User") or "0").split(":")[0]
+                self._user_uid = int(user) if user.isdigit() else None
+        return self._user_uid
 
     def send(self, data: bytes) -> None:
         self.stream.sock.sendall(data)
