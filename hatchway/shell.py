@@ -134,6 +134,9 @@ def agent_reply(frame, path):
         a.close()
         return {"type": "agent", "id": rid, "ok": False,
                 "error": str(e.strerror or e)}, None
+    # A timeout makes the descriptor non-blocking, and the daemon gets this
+    # very open file description: hand it over blocking.
+    a.settimeout(None)
     return {"type": "agent", "id": rid, "ok": True}, a
 
 

@@ -182,6 +182,7 @@ class AgentServer:
             log.warning("agent request %d: hatchway-shell passed something else", rid)
             s.close()
             return None
+        s.setblocking(True)     # the pumps block; the client's copy is closed by now
         return s
 
     def answer(self, frame: dict, fd: int | None) -> None:
