@@ -38,7 +38,14 @@ def check(config_path):
             problems += _secret_problems(path, key, secret=key in ("key_file", "token_file"))
 
     try:
-        backend_problems, backend_notes = registry.make(cfg).check()
+        backend = registry.make(cfg)
+        backend_problems, backend_notes = backend.check()
+        agent_on = cfg.session.agent_forwarding or any(
+            (g.get("session") or {}).get("agent_forwarding") for g in cfg.groups.values())
+        if agent_on and not backend.agent_forwarding:
+            backend_problems.append(f"session.agent_forwarding is on, but the {cfg.backend} "
+                                    "backend cannot forward agents yet (ssh -A sessions run "
+                                    "without one)")
     except Exception as e:          # a backend that cannot even be set up
         backend_problems, backend_notes = [f"{cfg.backend}: {e}"], []
     problems += backend_problems
