@@ -238,3 +238,29 @@ def test_the_stored_config_carries_the_agent_policy(tmp_path):
     again, cached_again = compiled_config.load(str(cfg), str(state))
     assert (cached, cached_again) == (False, True) and first == again
     assert first["agent"] == {"default": False, "groups": [["dev", True]]}
+
+
+# ---------------------------------------------------------------- the container
+
+def test_the_directory_is_mounted_read_only_and_only_when_given():
+    from hatchway.backends.base import SessionSpec
+    from hatchway.backends.docker.backend import container_spec
+    from .typed import whole
+
+    def spec(agent_dir):
+        return SessionSpec(user="alice", uid=1000, session_id="ab" * 16, connection_id="c",
+                           kind="exec", argv=["id"], pty=False, term=None, size=None,
+                           env={"SSH_AUTH_SOCK": "/run/hatchway/agent-abab.sock"},
+                           remote_address="127.0.0.1:1", config=whole(), agent_dir=agent_dir)
+    host = container_spec(spec(None))["HostConfig"]
+    assert "Mounts" not in host
+    body = container_spec(spec("/run/hatchway/ctr/abab"))
+    assert body["HostConfig"]["Mounts"] == [{"Type": "bind", "Source": "/run/hatchway/ctr/abab",
+                                             "Target": "/run/hatchway", "ReadOnly": True}]
+    assert "SSH_AUTH_SOCK=/run/hatchway/agent-abab.sock" in body["Env"]
+
+
+def test_the_clients_host_path_never_reaches_the_container():
+    from hatchway.daemon.session import filter_env
+    env = {"SSH_AUTH_SOCK": "/tmp/ssh-x/agent.1", "LANG": "C"}
+    assert filter_env(env, ["*"]) == {"LANG": "C"}      # whatever the allowlist says
