@@ -6,6 +6,7 @@
 #   make lint   pyflakes, imports pointing one way, no comment citing a file that is not here
 #   make deb    just the package: dist/hatchway_<version>_all.deb
 #   make package-test   the .deb in clean Debian 12/13 roots and under systemd
+#   make soak   mixed load with faults on the installed stack; prints figures
 #   make contract       every backend (Docker, the real Kubernetes cluster)
 #                       against one contract, through the Backend interface
 
@@ -20,7 +21,7 @@ LOCK    := flock -o /run/lock/hatchway-e2e.lock
 # this host, so without the lock.
 PACKAGE_TEST := $(PYTHON) -m pytest -q -rfE tests/package $(PACKAGE_TEST_ARGS)
 
-.PHONY: fuzz deps lint deb install demo test unit e2e contract package-test bench clean
+.PHONY: soak fuzz deps lint deb install demo test unit e2e contract package-test bench clean
 
 # Everything Python of ours, the extensionless entry points included.
 LINTED := hatchway tests keyhelper/hatchway-keys shim/hatchway-shell shim/hatchwayd packaging/bin/hatchway
@@ -82,6 +83,13 @@ test: lint deb
 # Benchmarks print ratios against floors measured in the same run; see tests/bench/run.py.
 bench: deb
 	$(LOCK) sh -c '$(MAKE) --no-print-directory install && $(PYTHON) -m tests.bench.run $(BENCH_ARGS)'
+
+# Sustained mixed load with faults injected on the installed stack, then
+# figures; non-zero exit if a session failed without a clear line, a transfer
+# was not byte-exact or anything was left behind (tests/soak/soak.py; not part
+# of `make test`).  SOAK_ARGS="--sessions 200 --concurrency 20 --max-time 900".
+soak: deb
+	$(LOCK) sh -c '$(MAKE) --no-print-directory install && $(PYTHON) -m tests.soak.soak $(SOAK_ARGS)'
 
 clean:
 	rm -rf dist build .pybuild *.egg-info

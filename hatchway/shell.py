@@ -177,6 +177,20 @@ def answer_agent(s, frame):
     finally:
         if conn is not None:
             conn.close()
+def refusal(s):
+    """The exit status of an error frame already waiting on `s`, or None."""
+    reader = FrameReader()
+    try:
+        s.settimeout(1.0)
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                return None
+            for frame in reader.feed(chunk):
+                if frame["type"] == "error":
+                    return fail(str(frame.get("message", "session refused")))
+    except (OSError, ValueError):
+        return None
 
 
 def main(argv=None):
@@ -199,7 +213,9 @@ def main(argv=None):
     try:
         socket.send_fds(s, [pack(hello())], [0, 1, 2])
     except (OSError, ValueError) as e:
-        return fail("cannot hand the session to the daemon: %s" % e)
+        # A daemon at its session limit answers at once and hangs up, maybe
+        # before the hello went out: its one line is still there to read.
+        return refusal(s) or fail("cannot hand the session to the daemon: %s" % e)
 
     reader = FrameReader()
     names = {getattr(signal, "SIG" + n): n for n in FORWARDED}

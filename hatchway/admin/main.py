@@ -4,6 +4,7 @@
   keys_cmd      keys add|list|remove             (the bundled webhook's store)
   webhook_cmd   webhook serve|token              (the bundled webhook)
   sessions_cmd  sessions list|kill, gc           (through the configured backend)
+  workspaces_cmd workspaces list|stop|rm         (connection and persistent modes)
   sshd_cmd      sshd enable|disable              (the drop-in)
   check_cmd     check                            (config and environment)
 """
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import click
 
-from . import check_cmd, keys_cmd, sessions_cmd, sshd_cmd, users_cmd, webhook_cmd
+from . import check_cmd, keys_cmd, sessions_cmd, sshd_cmd, users_cmd, webhook_cmd, workspaces_cmd
 
 
 @click.group()
@@ -21,7 +22,7 @@ def cli():
 
 
 for command in (users_cmd.users, keys_cmd.keys, webhook_cmd.webhook, sessions_cmd.sessions,
-                sessions_cmd.gc, sshd_cmd.sshd, check_cmd.check):
+                sessions_cmd.gc, workspaces_cmd.workspaces, sshd_cmd.sshd, check_cmd.check):
     cli.add_command(command)
 
 

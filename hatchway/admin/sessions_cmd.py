@@ -1,6 +1,8 @@
 """`hatchway sessions list|kill` and `hatchway gc`: live sessions, as their
 own processes record them (daemon/live.py), and their containers or pods, as
-the configured backend lists them."""
+the configured backend lists them.  A session in a workspace (connection and
+persistent modes) has a record like any other; the workspace itself is
+`hatchway workspaces`' (workspaces_cmd.py)."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import time
 import click
 
 from hatchway.backends import labels, registry
+from hatchway.backends import workspaces as W
 from hatchway.backends.base import Backend
 from hatchway.daemon import live, recording
 
@@ -23,8 +26,9 @@ def backend(cfg) -> Backend:
 
 
 def end_sessions(user: str, config_path: str) -> int:
-    """Remove every container/pod of `user`'s sessions; how many there were.
-    Raises HatchwayError when the backend cannot be asked."""
+    """Remove every container/pod of `user`'s sessions, workspaces included
+    (the account is going); how many there were.  Raises HatchwayError when
+    the backend cannot be asked."""
     b = backend(load_config(config_path))
     found = b.list(user)
     for f in found:
@@ -55,7 +59,7 @@ def rows(cfg) -> list[dict]:
                     "pid": rec.get("pid"), "id": rec.get("session")})
     for f in backend(cfg).list():
         sid = f.labels.get(labels.SESSION, "")
-        if sid in claimed:
+        if sid in claimed or W.is_workspace(f.labels):
             continue
         out.append({"session": sid[:12], "user": f.labels.get(labels.USER), "remote": "",
                     "command": "", "mode": f.labels.get(labels.MODE),
@@ -95,7 +99,8 @@ def sessions_kill(ident, wait_s, config_path):
 
     A live session is told to end, as a hangup would end it: the user sees
     `hatchway: this session was ended by an administrator`, the command gets
-    SIGHUP, and its container goes.  A container no session owns is removed."""
+    SIGHUP, and its container goes (a workspace stays: what the session ran in
+    it is killed).  A container no session owns is removed."""
     cfg = load_config(config_path)
     hits = [r for r in rows(cfg) if r["id"].startswith(ident) or r["user"] == ident
             or r["container"].startswith(ident)]
@@ -163,9 +168,13 @@ def sessions_play(ident, speed, max_wait, at_once, config_path):
 @config_option
 @one_line_errors
 def gc(config_path):
-    """Remove containers whose session process is gone (what the reaper does)."""
+    """Remove containers whose session process is gone and look after
+    workspaces (what the reaper does)."""
     cfg = load_config(config_path)
-    removed = backend(cfg).reap(labels.owner_alive)
+    b = backend(cfg)
+    removed = b.reap(labels.owner_alive)
     live.sweep(cfg.daemon.socket)
     click.echo(f"removed {len(removed)} orphaned container(s)" +
                (": " + ", ".join(removed) if removed else ""))
+    for line in b.tend_workspaces():
+        click.echo(f"workspace {line}")

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 
 from hatchway.core.errors import HatchwayError
 
+from . import workspaces as W
+
 
 # What Process.signal() delivers: what hatchway-shell forwards (shell.FORWARDED)
 # plus KILL, for the end of a hangup's grace.
@@ -54,6 +56,7 @@ class SessionSpec:
     # host directory to bind-mount read-only at /run/hatchway (daemon/agent.py);
     # only given to a backend whose `agent_forwarding` is true
     agent_dir: str | None = None
+    sshd: str = ""                 # the SSH connection's sshd process (labels.process_token)
 
 
 @dataclass
@@ -101,6 +104,10 @@ class Process(ABC):
         as root or as the container's user.  Backends without agent
         forwarding say no."""
         return False
+    def release(self) -> None:
+        """After destroy(), once the client has its answer: let go of what the
+        session shared (a connection's workspace goes when its last session
+        has gone, after a grace).  May take that long; never raises."""
 
 
 @dataclass
@@ -110,6 +117,8 @@ class Found:
     labels: dict[str, str]         # labels.py's, the owner token included
     state: str                     # the engine's own word: running, exited, Pending, ...
     going: bool = False            # already being removed (a pod with a deletionTimestamp)
+    running: bool = False          # what runs in it can be exec'd into
+    created: float | None = None   # when the engine made it (seconds since the epoch)
 
 
 class Backend(ABC):
@@ -119,6 +128,9 @@ class Backend(ABC):
     # Can mount SessionSpec.agent_dir and answer Process.agent_peer_ok
     # (daemon/agent.py).  A backend without it refuses `ssh -A` with a note.
     agent_forwarding = False
+    # Can a workspace be stopped and started again (Docker), or is stopping
+    # it removing it (a Kubernetes pod)?
+    keeps_stopped = False
 
     def __init__(self, cfg):
         self.cfg = cfg
@@ -140,13 +152,36 @@ class Backend(ABC):
     def check(self) -> tuple[list[str], list[str]]:
         """For `hatchway check`: (problems, notes), one line each."""
 
+    # -- workspaces (connection and persistent modes; backends/workspaces.py)
+
+    def stop(self, found: Found) -> bool:
+        """Stop a workspace now: its sessions end; the backend's docs say what
+        of it survives.  True once it is stopped or gone."""
+        raise BackendError(f"backend {self.cfg.backend} has no workspaces")
+
+    def kill_session(self, found: Found, pid: int, start: int | None) -> bool:
+        """KILL every process of one session inside workspace `found` (the
+        session's command is `pid`, started at `start`: exec_wrapper.SIGNAL)."""
+        return False
+
+    # -- the reaper
+
     def reap(self, is_alive) -> list[str]:
-        """Remove what sessions left behind: everything `is_alive(labels)`
-        does not claim.  Returns the names of what was removed."""
+        """Remove what sessions left behind: every session container
+        `is_alive(labels)` does not claim.  Returns the names of what was
+        removed.  Workspaces have no owner to ask: tend_workspaces() is theirs."""
         removed = []
         for found in self.list():
+            if W.is_workspace(found.labels):
+                continue
             if not found.going and is_alive(found.labels):
                 continue
             if self.remove(found):
                 removed.append(found.name)
         return removed
+
+    def tend_workspaces(self, now: float | None = None) -> list[str]:
+        """What the reaper does for workspaces (workspaces.tend): one line per
+        thing done."""
+        found = [f for f in self.list() if W.is_workspace(f.labels)]
+        return W.tend(self, found, W.root_for(self.cfg), self.cfg.workspace, now)

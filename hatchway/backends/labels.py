@@ -20,6 +20,8 @@ MODE = PREFIX + "mode"
 HOST = PREFIX + "host"
 PROCESS = PREFIX + "process"
 MANAGED = PREFIX + "managed"
+WORKSPACE = PREFIX + "workspace"     # connection and persistent modes: the workspace's name
+SPEC = PREFIX + "spec"               # ... and a digest of what it was made from
 
 
 def host_id() -> str:
@@ -34,15 +36,16 @@ def host_id() -> str:
 
 
 def process_token(pid: int) -> str:
+    """pid:starttime of a live process (why no boot id: core/connection.py)."""
     _, _, start = connection.proc_stat(pid)
-    return f"{connection.boot_id()}:{pid}:{start}"
+    return f"{pid}:{start}"
 
 
 def process_alive(token: str) -> bool:
     try:
-        boot, pid_s, start_s = token.split(":")
-        if boot != connection.boot_id():
-            return False
+        # boot:pid:start is what earlier daemons wrote (a package
+        # upgrade keeps their sessions); the boot part is not comparable
+        pid_s, start_s = token.split(":")[-2:]
         _, _, start = connection.proc_stat(int(pid_s))
         return str(start) == start_s and not _zombie(int(pid_s))
     except (ValueError, OSError, IndexError):
@@ -63,8 +66,21 @@ def for_session(user: str, session_id: str, connection_id: str, mode: str,
             MODE: mode, HOST: host_id(), PROCESS: process_token(owner_pid)}
 
 
+def for_workspace(user: str, mode: str, name: str, connection_id: str,
+                  spec_digest: str) -> dict[str, str]:
+    """A workspace is shared by sessions that come and go, so no session
+    process owns it (no `process` label): which sessions use it is recorded
+    on the host (workspaces.py), and the reaper asks that instead."""
+    out = {MANAGED: "true", USER: user, MODE: mode, HOST: host_id(), WORKSPACE: name,
+           SPEC: spec_digest}
+    if mode == "connection":
+        out[CONNECTION] = connection_id
+    return out
+
+
 def owner_alive(labels: dict[str, str]) -> bool:
-    """What the reaper asks of every session container: is its owner alive?"""
+    """What the reaper asks of every session-mode container: is its owner
+    alive?  (Workspaces have no owner; Backend.reap asks workspaces.py.)"""
     return process_alive(labels.get(PROCESS, ""))
 
 

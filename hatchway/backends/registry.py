@@ -8,8 +8,10 @@ package provides, by convention:
                    DAEMON_WIDE: keys of it that `groups:` entries and the
                    config webhook may never change (where the daemon connects);
                    WEBHOOK_MAY_SET: keys the config webhook may set by default.
-  policy.py        check(section, policy, webhook_mounts): the admin policy on
-                   its section (called by daemon/policy.py).
+  policy.py        check(section, policy, origin): the admin policy on
+                   its section (called by daemon/policy.py); origin
+                   (core/policy.Origin) says whose session it is and what
+                   the config webhook set.
   containerssh.py  translate(section, out): ContainerSSH's config-webhook
                    section of the same name (called by daemon/containerssh.py).
   backend.py       BACKEND: its Backend class (backends/base.py).

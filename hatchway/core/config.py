@@ -212,13 +212,6 @@ class Daemon:
     hello_timeout: float = T("duration", 10.0)
 
 
-def _mode(value: str) -> str:
-    if value != "session":
-        raise ValueError(f"only `session` mode (a fresh container per SSH session) is "
-                         f"supported, got {value!r}")
-    return value
-
-
 @section
 class Subsystems:
     sftp: list = T("list", ["/usr/lib/openssh/sftp-server"], item=T("str"))
@@ -226,7 +219,7 @@ class Subsystems:
 
 @section
 class Session:
-    mode: str = T("str", "session", check=_mode)
+    mode: str = T("enum", "session", choices=("session", "connection", "persistent"))
     shell: list = T("list", ["/bin/sh"], item=T("str"), check=check_argv)
     subsystems: Subsystems = Sub(Subsystems)
     host_sftp_commands: list = T("list", ["/usr/lib/openssh/sftp-server", "internal-sftp"],
@@ -241,12 +234,31 @@ class Session:
     # two places to decide whether sshd may forward the agent at all
     # (keys/compiled_config.py); the config webhook can never turn it on.
     agent_forwarding: bool = T("bool", False)
+    idle_timeout: float = T("duration", 0.0, doc="no byte either way for this long ends it")
+    max_duration: float = T("duration", 0.0, doc="a session ends after this long")
 
 
 # What a `groups:` entry or the config webhook may not change in `session`.
 SESSION_DAEMON_WIDE = ("host_sftp_commands", "stop_grace")
-# What the config webhook may set by default, besides each backend's list.
-WEBHOOK_MAY_SET = ["session.shell", "session.subsystems"]
+# What the config webhook may set by default, besides each backend's list
+# (ContainerSSH answers carry `mode` routinely).
+WEBHOOK_MAY_SET = ["session.shell", "session.subsystems", "session.mode"]
+
+
+@section
+class Workspace:
+    """connection and persistent modes (backends/workspaces.py)."""
+    idle_timeout: float = T("duration", 3600.0,
+                            doc="persistent: stopped after this long without a session")
+    remove_after: float = T("duration", 0.0, doc="persistent: removed after this long stopped")
+    connection_grace: float = T("duration", 2.0,
+                                doc="connection: how long it outlives its last session")
+
+
+def _not_negative(value):
+    if value is not None and value < 0:
+        raise ValueError("cannot be negative (0 means no limit)")
+    return value
 
 
 @section
@@ -257,9 +269,26 @@ class Policy:
     allow_host_namespaces: bool = T("bool", False)
     allow_capabilities: list = T("list", [], item=T("str"))
     allow_devices: bool = T("bool", False)
-    max_memory: int | None = T("size", None)
-    max_cpus: float | None = T("float", None)
-    max_pids: int | None = T("int", None)
+    allow_new_privileges: bool = T("bool", False)
+    allow_suid_mounts: bool = T("bool", False)
+    allow_pod_fields: list = T("list", [], item=T("str"))
+    # Every session is limited unless the admin says otherwise: these are
+    # both the maximum and the default (0: no maximum, no default).
+    max_memory: int = T("size", 1 << 30, check=_not_negative)
+    max_cpus: float = T("float", 1.0, check=_not_negative)
+    max_pids: int = T("int", 1024, check=_not_negative)
+
+
+@section
+class Limits:
+    """What the daemon's main process counts (0: no limit)."""
+    max_sessions: int = T("int", 200, check=_not_negative)
+    max_sessions_per_user: int = T("int", 20, check=_not_negative)
+    # Each session creates a container: a user's loop of logins would keep
+    # the engine busy creating them for everyone.  At most max_starts_per_user
+    # sessions of one user start within any starts_window.
+    max_starts_per_user: int = T("int", 60, check=_not_negative)
+    starts_window: float = T("duration", 60.0)
 
 
 def check_listen(value: str) -> str:
@@ -303,6 +332,7 @@ def schema() -> S:
     policy = S(dict(Policy.SCHEMA.fields, webhook_may_set=T("list", may_set, item=T("str"))),
                typed=Policy)
     group = S({"session": Session.SCHEMA.without(SESSION_DAEMON_WIDE),
+               "workspace": Workspace.SCHEMA,
                **{name: mod.Settings.SCHEMA.without(mod.DAEMON_WIDE)
                   for name, mod in backends.items()}})
     fields = {
@@ -312,10 +342,12 @@ def schema() -> S:
         "daemon": Daemon.SCHEMA,
         **{name: mod.Settings.SCHEMA for name, mod in backends.items()},
         "session": Session.SCHEMA,
+        "workspace": Workspace.SCHEMA,
         "groups": M(group),
         "policy": policy,
         "recordings": Recordings.SCHEMA,
         "metrics": Metrics.SCHEMA,
+        "limits": Limits.SCHEMA,
         "log": Log.SCHEMA,
     }
     # The whole config, typed: Config(auth=Auth(...), docker=DockerSettings(...), ...)

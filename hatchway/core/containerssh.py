@@ -44,11 +44,11 @@ def session_fields(d: dict, where: str, out: dict) -> set:
     done = set()
     if "mode" in d:
         done.add("mode")
-        # ContainerSSH's `connection` mode (one container per connection) is
-        # accepted: each session gets its own container, which is what users of
-        # either mode see for a single session.
-        if d["mode"] not in ("session", "connection"):
+        # ContainerSSH's three modes are Hatchway's (session.mode); its
+        # `persistent` (Kubernetes only there) works on both backends here.
+        if d["mode"] not in ("session", "connection", "persistent"):
             raise Unsupported(f"{where}.mode: {d['mode']!r} is not supported")
+        session["mode"] = d["mode"]
     if "shellcommand" in d:
         done.add("shellcommand")
         session["shell"] = d["shellcommand"]

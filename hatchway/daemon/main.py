@@ -7,7 +7,9 @@ restarting the main process (systemd: KillMode=process) ends none of them.
 
 The main process also starts the reaper: at start-up, every `reap_interval`,
 and at once when a session process dies abnormally.  The reaper removes every
-container whose owning session process no longer exists (see labels.py).
+container whose owning session process no longer exists (see labels.py), and
+looks after workspaces (backends/workspaces.py: what sessions killed with
+-9 left in them, idle and expired workspaces, ended connections).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import os
 import signal
 import socket
 import stat
+import struct
 import sys
 import time
 
@@ -26,6 +29,7 @@ from hatchway.backends import labels, registry
 from hatchway.core import config as config_mod, fsutil
 
 from . import agent, events, live, recording
+from .admission import Children, refuse
 
 
 log = logging.getLogger("hatchwayd")
@@ -57,19 +61,22 @@ def listen(path: str) -> socket.socket:
     return s
 
 
-def run_reaper(cfg) -> None:
-    """Fork a short-lived process that removes orphaned containers."""
+def run_reaper(cfg) -> int:
+    """Fork a short-lived process that removes orphaned containers; its pid."""
     pid = os.fork()
     if pid:
-        return
+        return pid
     try:
         os.setsid()
-        removed = registry.make(cfg).reap(labels.owner_alive)
+        backend = registry.make(cfg)
+        removed = backend.reap(labels.owner_alive)
         for name in removed:
             log.info("reaper removed %s (its session process is gone)", name)
         if removed:
             events.emit(cfg.daemon.socket, {"e": "reaped", "backend": cfg.backend,
                                             "n": len(removed)})
+        for line in backend.tend_workspaces():
+            log.info("reaper: workspace %s", line)
         live.sweep(cfg.daemon.socket)
         for key in agent.sweep(os.path.dirname(cfg.daemon.socket)):
             log.info("reaper removed the agent directory of %s (its session process is gone)",
@@ -147,6 +154,29 @@ def serve_session(conn: socket.socket, cfg) -> None:
         os._exit(0)
 
 
+def start_session(conn: socket.socket, server: socket.socket, cfg, children: Children) -> None:
+    """Fork the session process for `conn`, unless its user (SO_PEERCRED) or
+    the host is at the limit."""
+    _, uid, _ = struct.unpack("3i", conn.getsockopt(
+        socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
+    why = children.refusal(uid)
+    if why is not None:
+        log.warning("refused uid=%d: %s (limits)", uid, why)
+        refuse(conn, why)
+        return
+    try:
+        pid = os.fork()
+    except OSError as e:
+        log.error("cannot fork a session process: %s", e)
+        conn.close()
+        return
+    if pid == 0:
+        server.close()
+        serve_session(conn, cfg)
+    children.add(pid, uid)
+    conn.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="hatchwayd", description="Hatchway session daemon")
     ap.add_argument("--config", default=config_mod.DEFAULT_PATH)
@@ -186,10 +216,12 @@ def main(argv: list[str] | None = None) -> int:
     metrics = MetricsProcess(cfg)
     metrics.ensure()
     interval = cfg.daemon.reap_interval
-    run_reaper(cfg)
+    reaper, wanted = run_reaper(cfg), False
     next_reap = time.monotonic() + interval
+    children = Children(cfg.limits, sock_path)
     server.settimeout(1.0)
     while not stopping:
+        abnormal, gone = False, set()
         try:
             conn, _ = server.accept()
         except socket.timeout:
@@ -201,19 +233,15 @@ def main(argv: list[str] | None = None) -> int:
             time.sleep(0.1)
             conn = None
         if conn is not None:
-            try:
-                pid = os.fork()
-            except OSError as e:
-                log.error("cannot fork a session process: %s", e)
-                conn.close()
-                continue
-            if pid == 0:
-                server.close()
-                serve_session(conn, cfg)
-            conn.close()
+            abnormal, gone = _collect_children(children, metrics)   # count only the living
+            start_session(conn, server, cfg, children)
         metrics.ensure()
-        if _collect_children(metrics) or time.monotonic() >= next_reap:
-            run_reaper(cfg)
+        more_abnormal, more_gone = _collect_children(children, metrics)
+        if reaper in gone | more_gone:
+            reaper = None
+        wanted = wanted or abnormal or more_abnormal or time.monotonic() >= next_reap
+        if wanted and reaper is None:       # one reaper at a time: a slow engine
+            reaper, wanted = run_reaper(cfg), False     # must not pile them up
             next_reap = time.monotonic() + interval
 
     log.info("stopping; live sessions keep running")
@@ -236,16 +264,19 @@ def _write_pid(path: str) -> None:
         log.warning("cannot write %s: %s", path, e)
 
 
-def _collect_children(metrics: MetricsProcess) -> bool:
-    """Reap exited children; true if a session process died abnormally."""
-    abnormal = False
+def _collect_children(children: Children, metrics: MetricsProcess) -> tuple[bool, set[int]]:
+    """Reap exited children: whether a session process died abnormally, and
+    the pids of all that ended."""
+    abnormal, gone = False, set()
     while True:
         try:
             pid, status = os.waitpid(-1, os.WNOHANG)
         except ChildProcessError:
-            return abnormal
+            return abnormal, gone
         if pid == 0:
-            return abnormal
+            return abnormal, gone
+        gone.add(pid)
+        children.gone(pid)
         if metrics.exited(pid):
             log.warning("metrics process %d ended (status %d); starting it again in %gs",
                         pid, status, metrics.delay)

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from hatchway.backends import registry
 from hatchway.core import config as config_mod
-from hatchway.core.policy import Violation
+from hatchway.core.policy import Origin, Violation
 
-__all__ = ["Violation", "check", "check_webhook_fields", "leaves"]
+__all__ = ["Origin", "Violation", "check", "check_webhook_fields", "leaves"]
 
 
 def leaves(partial: dict, spec=None, prefix: str = "") -> list[str]:
@@ -36,9 +36,11 @@ def check_webhook_fields(partial: dict, may_set: list[str]) -> None:
             raise Violation(name, "the config webhook may not set it (policy.webhook_may_set)")
 
 
-def check(cfg: dict, webhook_mounts: list | None = None) -> dict:
+def check(cfg: dict, user: str, webhook: dict | None = None) -> dict:
     """Raise Violation, or return cfg as its backend's policy left it (limits
-    capped, mount sources resolved)."""
+    capped, mount sources resolved).  `webhook`: what the config webhook's
+    answer set (the rest is the admin's)."""
     name = cfg["backend"]
-    registry.policy(name).check(cfg[name], cfg["policy"], webhook_mounts or [])
+    origin = Origin(user, (webhook or {}).get(name) or {})
+    registry.policy(name).check(cfg[name], cfg["policy"], origin)
     return cfg

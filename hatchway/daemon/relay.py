@@ -10,6 +10,8 @@ session ends:
   output ends (the command exited)      -> exit status from the backend
   hangup (pty EOF/EIO, HUP, client or
           stdout reader gone)           -> SIGHUP to the command, removal after a grace
+  a limit reached (limits.py)           -> one line to the user, then as a hangup;
+                                           exit status 124
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from hatchway.backends.base import ExitStatus, Process
 from hatchway.shell import FORWARDED, FrameReader
 
 from . import terminal
+from .limits import EXIT_CODE as LIMIT_EXIT, Limits
 
 log = logging.getLogger("hatchwayd")
 
@@ -66,10 +69,11 @@ class Outcome:
 class Relay:
     def __init__(self, proc: Process, fds: list[int], pty: bool, control: socket.socket,
                  reader: FrameReader, pending: list[dict], grace: float,
-                 on_activity=None, recorder=None):
+                 on_activity=None, recorder=None, limits: Limits | None = None):
         """`on_activity()` is called whenever bytes moved (from the pump
         threads: it must be cheap and thread-safe); `recorder`
-        (daemon/recording.py) sees a pty session's bytes and sizes."""
+        (daemon/recording.py) sees a pty session's bytes and sizes; `limits`
+        (daemon/limits.py) may end the session."""
         self.proc = proc
         self.fds = fds
         self.pty = pty
@@ -77,6 +81,7 @@ class Relay:
         self.reader = reader
         self.pending = pending
         self.grace = grace
+        self.limits = limits if limits else None
         self.bytes_in = 0
         self.bytes_out = 0
         self.wake_r, self.wake_w = os.pipe()
@@ -128,6 +133,12 @@ class Relay:
                 n = os.splice(fd, target, CHUNK)
             except OSError as e:
                 if e.errno == errno.EINTR:
+                    continue
+                if e.errno == errno.EAGAIN:
+                    # a socket with a timeout is O_NONBLOCK underneath (an
+                    # exec's stream is): wait until both ends can move bytes
+                    select.select([], [target], [])
+                    select.select([fd], [], [])
                     continue
                 if e.errno in (errno.EINVAL, errno.ENOSYS) and not self.bytes_in:
                     return False
@@ -228,7 +239,8 @@ class Relay:
             poller.register(self.fds[1], 0)     # POLLERR arrives when the reader is gone
 
         while not self.eof.is_set() and self.hangup_reason is None:
-            for fd, ev in poller.poll():
+            wait = self.limits.wait() if self.limits else None
+            for fd, ev in poller.poll(None if wait is None else int(wait * 1000) + 1):
                 if fd == self.wake_r:
                     os.read(self.wake_r, 4096)
                 elif fd == self.control.fileno():
@@ -251,6 +263,10 @@ class Relay:
                 elif fd == self.fds[1] and ev & (select.POLLERR | select.POLLHUP):
                     poller.unregister(self.fds[1])
                     self._hangup("client went away")
+            if self.limits and self.limits.check(self.bytes_in + self.bytes_out) \
+                    and self.hangup_reason is None and not self.eof.is_set():
+                self._tell(self.limits.message())
+                self._hangup(self.limits.reached)
 
         hangup = not self.eof.is_set()
         if hangup:
@@ -267,6 +283,8 @@ class Relay:
             status = self.proc.exit_status(timeout=30.0)
         if self.pty:
             terminal.restore(self.fds[0], saved)
+        if self.limits and self.limits.reached:
+            status = ExitStatus(LIMIT_EXIT)
         return Outcome(status, hangup, self.hangup_reason)
 
     def _read_control(self) -> tuple[bytes, str | None]:
@@ -287,6 +305,14 @@ class Relay:
         if flags & socket.MSG_CTRUNC:
             return data or b"!", "too many descriptors"
         return data, None
+    def _tell(self, line: str) -> None:
+        """One line to the user: on the terminal (raw, so CR LF) or on stderr.
+        From a thread, bounded: a client that reads nothing (which is also
+        what an idle session can be) must not hold up the end."""
+        fd, data = (self.fds[1], f"\r\n{line}\r\n") if self.pty else (self.fds[2], f"{line}\n")
+        t = threading.Thread(target=self._write_all, args=(fd, data.encode()), daemon=True)
+        t.start()
+        t.join(1.0)
 
     def close(self) -> None:
         for fd in self.fds_in:

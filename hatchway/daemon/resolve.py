@@ -78,15 +78,14 @@ def effective_config(base, *, user: str, uid: int, remote_address: str,
     for section in ("session", *registry.BACKENDS):
         cfg[section] = fill_templates(cfg[section], ctx)
 
-    webhook_mounts = []
+    part = {}
     if cfg["config_webhook"]["url"]:
         part = _ask_webhook(cfg, user, remote_address, connection_id)
-        webhook_mounts = part.get(cfg["backend"], {}).get("mounts", [])
         cfg = config_mod.merge(cfg, part)
     try:
-        return config_mod.typed(policy.check(cfg, webhook_mounts))
+        return config_mod.typed(policy.check(cfg, user, part))
     except policy.Violation as e:
-        raise ConfigRefused(str(e)) from None
+        raise ConfigRefused(e.message, e.log_reason) from None
 
 
 def _ask_webhook(cfg: dict, user: str, remote: str, conn_id: str) -> dict:
@@ -108,7 +107,7 @@ def _ask_webhook(cfg: dict, user: str, remote: str, conn_id: str) -> dict:
     try:
         policy.check_webhook_fields(part, cfg["policy"]["webhook_may_set"])
     except policy.Violation as e:
-        raise ConfigRefused(str(e)) from None
+        raise ConfigRefused(e.message, e.log_reason) from None
     if part:
         log.info("config webhook for %s set %s", user, ", ".join(policy.leaves(part)))
     return part

@@ -22,6 +22,7 @@ from hatchway.core.errors import HatchwayError
 from hatchway.shell import pack
 
 from . import agent, commands, events, live, peer, recording, resolve, sftp_fallback, terminal
+from .limits import Limits
 from .relay import Relay
 
 log = logging.getLogger("hatchwayd")
@@ -93,6 +94,27 @@ def end_reason(outcome) -> str:
         "signal" if code > 128 else "normal"
 
 
+def agent_plan(policy: bool, backend_can: bool, mode: str, backend: str,
+               wanted: bool) -> tuple[bool, str | None]:
+    """Whether this session gets the agent directory (and, if the client
+    forwards, its socket), and the one line the user is told when they
+    forwarded an agent that will not reach the container.
+
+    Session mode only: the directory is keyed by the session and removed when
+    it ends, which is right only when the container goes with the session.  A
+    connection or persistent workspace outlives it, and its mount is fixed
+    when it is created, so those sessions run without an agent."""
+    if not policy:
+        return False, None
+    if not backend_can:
+        return False, (f"agent forwarding is not supported on the {backend} backend yet; "
+                       "this session has no agent" if wanted else None)
+    if mode != "session":
+        return False, (f"agent forwarding is not supported in session.mode {mode} yet; "
+                       "this session has no agent" if wanted else None)
+    return True, None
+
+
 class Session:
     def __init__(self, conn: socket.socket, cfg):
         """`cfg`: the daemon's typed Config (before this user's groups,
@@ -131,13 +153,11 @@ class Session:
         forwarding, whether or not this client forwards: a container may
         outlive this session) and this session's socket, if the client forwards
         its agent.  Returns (directory or None, AgentServer or None)."""
-        if not spec.config.session.agent_forwarding:
-            return None, None
-        if not backend.agent_forwarding:
-            if self.agent_wanted:
-                Relay._write_all(self.fds[2], f"hatchway: agent forwarding is not supported "
-                                 f"on the {spec.config.backend} backend yet; this session "
-                                 "has no agent\n".encode())
+        on, note = agent_plan(spec.config.session.agent_forwarding, backend.agent_forwarding,
+                              spec.config.session.mode, spec.config.backend, self.agent_wanted)
+        if note:
+            Relay._write_all(self.fds[2], f"hatchway: {note}\n".encode())
+        if not on:
             return None, None
         run_dir = os.path.dirname(self.cfg.daemon.socket)
         spec.agent_dir = agent.container_dir(run_dir, spec.session_id)
@@ -208,9 +228,10 @@ class Session:
             "pty": spec.pty, "recording": recorder.path if recorder else None, **what})
         events.emit(socket_path, {"e": "start", "latency": time.monotonic() - started, **what})
 
+        s = spec.config.session
         relay = self.relay = Relay(proc, self.fds, spec.pty, self.conn, reader, pending,
-                                   spec.config.session.stop_grace, on_activity=record.touch,
-                                   recorder=recorder)
+                                   s.stop_grace, on_activity=record.touch, recorder=recorder,
+                                   limits=Limits(s.idle_timeout, s.max_duration))
         if agent_server:
             agent_server.peer_ok = proc.agent_peer_ok
             relay.agent = agent_server
@@ -260,6 +281,7 @@ class Session:
                 bytes_in=relay.bytes_in, bytes_out=relay.bytes_out))
             events.emit(socket_path, {"e": "end", "reason": reason, "in": relay.bytes_in,
                                       "out": relay.bytes_out, **what})
+            proc.release()      # a connection's workspace, once its last session is over
 
     def _recorder(self, spec):
         """The session's recorder, when the policy names its user (pty
@@ -311,6 +333,12 @@ class Session:
         )
         spec.labels = labels.for_session(spec.user, spec.session_id, conn_id,
                                          cfg.session.mode, os.getpid())
+        monitor = peer.sshd_monitor(pid)
+        if monitor is not None:
+            try:
+                spec.sshd = labels.process_token(monitor)
+            except (OSError, ValueError, IndexError):
+                pass
         return spec, reader, pending
 
     def _close_fds(self) -> None:

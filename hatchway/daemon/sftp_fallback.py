@@ -313,3 +313,6 @@ class Watch(Process):
             self._ended = True
             self._cond.notify_all()
         self.proc.destroy()
+
+    def release(self) -> None:
+        self.proc.release()

@@ -15,16 +15,26 @@ ContainerSSH-compatible server can take its place in `auth.webhook.url`.
 
 It must outlive every client: a body too large, not JSON or never finished,
 a request line that is garbage, a client that stalls — each gets one error
-reply (or a closed connection) and the server goes on.
+reply (or a closed connection) and the server goes on.  And no client may
+hold the server's connections: a request must be whole within
+REQUEST_DEADLINE (however slowly its bytes trickle in), and one peer may hold
+only MAX_PER_PEER connections.  A peer is a local user (the uid owning the
+client's socket, from /proc/net/tcp) or a remote address; sshd's key helper,
+hatchwayd and root are not limited but by MAX_CONNECTIONS, so a local user
+filling the server cannot fail everyone's logins.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import io
+import ipaddress
 import json
 import logging
+import pwd
 import socket
+import struct
 import sys
 import threading
 import time
@@ -42,7 +52,34 @@ log = logging.getLogger("hatchway-webhook")
 DEFAULT_LISTEN = "127.0.0.1:8642"   # = the default auth.webhook.url (hatchway/core/config.py)
 MAX_REQUEST = 64 * 1024             # a /pubkey request is < 2 KiB, an RSA-16384 key < 3 KiB
 CLIENT_TIMEOUT = 10.0               # seconds a client may stall mid-request or idle between
+REQUEST_DEADLINE = 10.0             # seconds from a request's first byte to its last
 MAX_CONNECTIONS = 256               # past this, new connections are closed at once
+MAX_PER_PEER = 16                   # connections at once of one limited peer
+# the users whose connections only MAX_CONNECTIONS limits
+TRUSTED_USERS = ("root", "hatchway-keys", "hatchway")
+PASSWORD_CHECKS = 2                 # scrypt runs at once (16 MiB and ~50 ms each)
+PASSWORD_RATE = 5.0                 # checks per second and peer, in bursts of
+PASSWORD_BURST = 10
+
+
+class _DeadlineReader(io.RawIOBase):
+    """The socket as http.server reads it, every read bounded by what is left
+    of the request's deadline (a per-read timeout alone lets a client that
+    sends a byte every few seconds hold the connection for ever)."""
+
+    def __init__(self, sock: socket.socket, handler: "Handler"):
+        self.sock = sock
+        self.handler = handler
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf) -> int:
+        left = self.handler.deadline - time.monotonic()
+        if left <= 0:
+            raise socket.timeout("request deadline passed")
+        self.sock.settimeout(min(left, CLIENT_TIMEOUT))
+        return self.sock.recv_into(buf)
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -55,6 +92,19 @@ class Handler(BaseHTTPRequestHandler):
 
     def version_string(self) -> str:
         return self.server_version
+
+    def setup(self) -> None:
+        super().setup()
+        # who this is, for the password rate (trusted local users share one)
+        self.peer = self.server._peer_of.get(id(self.request)) or \
+            f"addr:{self.client_address[0]}"
+        self.deadline = time.monotonic() + self.server.request_deadline
+        self.rfile = io.BufferedReader(_DeadlineReader(self.connection, self))
+
+    def handle_one_request(self) -> None:
+        # the wait for a kept-alive connection's next request counts too
+        self.deadline = time.monotonic() + self.server.request_deadline
+        super().handle_one_request()
 
     def send_error(self, code, message=None, explain=None):
         """http.server's own refusals (bad request line, headers too long or
@@ -143,7 +193,7 @@ class Handler(BaseHTTPRequestHandler):
                 raise Refused("expected a JSON object", 400)
             route(data)
         except Refused as e:
-            self._send(e.status, {"error": str(e)})
+            self._send(e.status, {"error": str(e)}, e.headers)
         except (ConnectionError, socket.timeout):
             self.close_connection = True
         except Exception as e:  # one bad request must not take the server down
@@ -208,10 +258,19 @@ class Handler(BaseHTTPRequestHandler):
         ok = False
         user, pw = body.get("username"), body.get("passwordBase64")
         if self.server.allow_passwords and isinstance(user, str) and isinstance(pw, str):
+            if not self.server.password_bucket(self.peer):
+                raise Refused("too many password checks; try again later", 429,
+                              {"Retry-After": "1"})
+            # scrypt costs 16 MiB and ~50 ms: a few at a time, whoever asks
+            if not self.server.scrypt_slots.acquire(timeout=2.0):
+                raise Refused("too many password checks at once; try again", 429,
+                              {"Retry-After": "1"})
             try:
                 ok = self.server.store.check_password(user, base64.b64decode(pw, validate=True))
             except (binascii.Error, ValueError):
                 ok = False
+            finally:
+                self.server.scrypt_slots.release()
         log.info("password user=%r -> %s%s", str(user)[:40], "yes" if ok else "no",
                  "" if self.server.allow_passwords else " (password logins are off)")
         self._send(200, {"success": ok})
@@ -222,6 +281,8 @@ class Handler(BaseHTTPRequestHandler):
         cfg: dict = {}
         if image:
             cfg = {"docker": {"execution": {"container": {"image": image}}}}
+        log.info("config user=%r connection=%r -> %s", str(user)[:40],
+                 str(body.get("connectionId"))[:40], "image" if image else "nothing")
         self._send(200, {"config": cfg})
 
 
@@ -238,10 +299,17 @@ class Server(ThreadingHTTPServer):
         super().__init__(addr, Handler)
         self._local = threading.local()
         self._active = 0
+        self._per_peer: dict[str, int] = {}
+        self._peer_of: dict[int, str | None] = {}
         self._lock = threading.Lock()
         self.db_path = db_path
         self.allow_passwords = allow_passwords
         self.metrics = WebhookMetrics()
+        self.request_deadline = REQUEST_DEADLINE
+        self.max_per_peer = MAX_PER_PEER
+        self.trusted_uids = _uids(TRUSTED_USERS)
+        self.scrypt_slots = threading.BoundedSemaphore(PASSWORD_CHECKS)
+        self._buckets: dict[str, tuple[float, float]] = {}
 
     @property
     def store(self) -> Store:
@@ -252,14 +320,29 @@ class Server(ThreadingHTTPServer):
             st = self._local.store = Store(self.db_path, setup=False)
         return st
 
+    def peer(self, request, client_address) -> str | None:
+        """Who is connecting, as the limits count: `uid:N` for a local user,
+        the address for a remote one, None for a trusted local user."""
+        uid = peer_uid(request) if _loopback(client_address[0]) else None
+        if uid is None:
+            return f"addr:{client_address[0]}"
+        return None if uid in self.trusted_uids else f"uid:{uid}"
+
     def process_request(self, request, client_address):
+        key = self.peer(request, client_address)
         with self._lock:
-            full = self._active >= MAX_CONNECTIONS
-            if not full:
+            why = None
+            if self._active >= MAX_CONNECTIONS:
+                why = f"over {MAX_CONNECTIONS} connections"
+            elif key is not None and self._per_peer.get(key, 0) >= self.max_per_peer:
+                why = f"{key} holds {self.max_per_peer} connections already"
+            if why is None:
                 self._active += 1
-        if full:
-            log.warning("over %d connections; closing one from %s", MAX_CONNECTIONS,
-                        client_address[0])
+                if key is not None:
+                    self._per_peer[key] = self._per_peer.get(key, 0) + 1
+                self._peer_of[id(request)] = key
+        if why is not None:
+            log.warning("%s; closing one from %s", why, client_address[0])
             self.shutdown_request(request)
             return
         super().process_request(request, client_address)
@@ -270,9 +353,27 @@ class Server(ThreadingHTTPServer):
         finally:
             with self._lock:
                 self._active -= 1
+                key = self._peer_of.pop(id(request), None)
+                if key is not None:
+                    self._per_peer[key] -= 1
+                    if not self._per_peer[key]:
+                        del self._per_peer[key]
             st = getattr(self._local, "store", None)
             if st is not None:
                 st.close()
+
+    def password_bucket(self, peer: str) -> bool:
+        """A token for one password check of `peer`, if its bucket has one."""
+        now = time.monotonic()
+        with self._lock:
+            tokens, then = self._buckets.get(peer, (PASSWORD_BURST, now))
+            tokens = min(PASSWORD_BURST, tokens + (now - then) * PASSWORD_RATE)
+            ok = tokens >= 1
+            self._buckets[peer] = (tokens - 1 if ok else tokens, now)
+            if len(self._buckets) > 4096:       # forget the full ones
+                self._buckets = {k: v for k, v in self._buckets.items()
+                                 if v[0] < PASSWORD_BURST}
+        return ok
 
     def handle_error(self, request, client_address):
         err = sys.exc_info()[1]
@@ -283,6 +384,66 @@ class Server(ThreadingHTTPServer):
             log.exception("connection from %s failed", client_address[0])
 
 
+def _uids(names) -> set[int]:
+    out = set()
+    for name in names:
+        try:
+            out.add(pwd.getpwnam(name).pw_uid)
+        except KeyError:
+            pass
+    return out
+
+
+def _loopback(addr: str) -> bool:
+    try:
+        ip = ipaddress.ip_address(addr)
+    except ValueError:
+        return False
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return (mapped or ip).is_loopback
+
+
+def _proc_net_addr(text: str) -> tuple[str, int]:
+    """`0100007F:1F90` (/proc/net/tcp's host-order words) -> ("127.0.0.1", 8080)."""
+    hexip, hexport = text.split(":")
+    raw = bytes.fromhex(hexip)
+    words = b"".join(struct.pack(">I", struct.unpack("<I", raw[i:i + 4])[0])
+                     for i in range(0, len(raw), 4))
+    ip = ipaddress.ip_address(words)
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return str(mapped or ip), int(hexport, 16)
+
+
+def peer_uid(conn: socket.socket) -> int | None:
+    """The uid owning the other end of a loopback TCP connection: the kernel
+    lists it with the client's socket in /proc/net/tcp (or tcp6)."""
+    try:
+        me = conn.getsockname()[:2]
+        them = conn.getpeername()[:2]
+    except OSError:
+        return None
+    want = (_norm(them[0]), them[1], _norm(me[0]), me[1])
+    for table in ("/proc/self/net/tcp", "/proc/self/net/tcp6"):
+        try:
+            with open(table, encoding="ascii") as f:
+                next(f, None)
+                for line in f:
+                    parts = line.split()
+                    if len(parts) < 8:
+                        continue
+                    local, remote = _proc_net_addr(parts[1]), _proc_net_addr(parts[2])
+                    if (local[0], local[1], remote[0], remote[1]) == want:
+                        return int(parts[7])
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+def _norm(addr: str) -> str:
+    ip = ipaddress.ip_address(addr)
+    return str(getattr(ip, "ipv4_mapped", None) or ip)
+
+
 def parse_listen(listen: str) -> tuple[str, int]:
     """`ADDR:PORT`, `[V6ADDR]:PORT` or `:PORT` (loopback)."""
     host, sep, port = listen.rpartition(":")
@@ -290,6 +451,14 @@ def parse_listen(listen: str) -> tuple[str, int]:
         raise ValueError(f"expected ADDR:PORT, got {listen!r}")
     host = host.strip("[]") or "127.0.0.1"
     return host, int(port)
+
+
+def _can_see_uids() -> bool:
+    try:
+        with open("/proc/self/net/tcp", encoding="ascii") as f:
+            return "uid" in f.readline().split()
+    except (OSError, IndexError):
+        return False
 
 
 def serve(listen: str, db_path: str, allow_passwords: bool = False) -> None:
@@ -304,6 +473,7 @@ def serve(listen: str, db_path: str, allow_passwords: bool = False) -> None:
     keeper = Store(db_path)
     keeper.users()
     server = Server(addr, db_path, allow_passwords)
-    log.info("hatchway webhook listening on %s (store %s, password logins %s)", listen, db_path,
-             "on" if allow_passwords else "off")
+    log.info("hatchway webhook listening on %s (store %s, password logins %s, local peers "
+             "by uid: %s)", listen, db_path, "on" if allow_passwords else "off",
+             "yes" if _can_see_uids() else "NO (cannot read /proc/net/tcp)")
     server.serve_forever()

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from tests import k8s_cluster
 
-from .stack import run, wait_for
+from .stack import run, token_pid, wait_for
 
 BACKENDS = ["docker", "kubernetes"]
 EXTERNAL = os.environ.get("HATCHWAY_E2E_KUBECONFIG")
@@ -58,6 +58,8 @@ def k8s_config(cluster: dict, tmp: Path, **conn) -> dict:
             "kubernetes": dict({"kubeconfig": str(kc)} if not conn else conn,
                                namespace="default", image=image, pod=pod,
                                start_timeout="60s"),
+            # the test cluster's pods name their node (above)
+            "policy": {"allow_pod_fields": [] if cluster["external"] else ["nodeName"]},
             # kill exec + the command's own HUP handling take longer than a docker kill
             "session": {"stop_grace": "10s"}}
 
@@ -123,4 +125,4 @@ class OnBackend:
     @staticmethod
     def session_pid(session: dict) -> int:
         """The hatchwayd session process that owns it (io.hatchway.process)."""
-        return int(session["labels"]["io.hatchway.process"].split(":")[1])
+        return token_pid(session["labels"]["io.hatchway.process"])

@@ -18,6 +18,8 @@ from .stack import Stack
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "config(overrides): run the test with these config overrides")
+    config.addinivalue_line("markers", "workspace_mode(mode, **workspace): a Kubernetes "
+                            "workspace test's mode and workspace settings")
 
 
 @pytest.fixture(scope="session")

@@ -40,6 +40,12 @@ def run(argv, check=True, **kw) -> subprocess.CompletedProcess:
     return p
 
 
+def token_pid(token: str) -> int:
+    """The pid in an owner token (labels.process_token: pid:starttime; an
+    earlier daemon's boot:pid:starttime)."""
+    return int(token.split(":")[-2])
+
+
 def wait_for(predicate, timeout: float, interval: float = 0.05, what: str = "condition"):
     end = time.monotonic() + timeout
     while True:
@@ -141,6 +147,9 @@ class Stack:
             "docker": {"image": IMAGE},
             "daemon": {"reap_interval": "60s"},
             "log": {"level": "debug"},
+            # the suite starts alice's sessions faster than any person would;
+            # test_isolation checks the rate limit itself
+            "limits": {"max_starts_per_user": 0},
         }
         self.config = self.base_config
 
@@ -356,7 +365,7 @@ class Stack:
 
     def session_pid(self, container: dict) -> int:
         """The hatchwayd session process that owns a container (from its label)."""
-        return int(container["labels"]["io.hatchway.process"].split(":")[1])
+        return token_pid(container["labels"]["io.hatchway.process"])
 
     def auth_log(self) -> str:
         try:

@@ -491,3 +491,32 @@ def test_webhook_token_rotation(hw, tmp_path):
     # the store (and its write-ahead log) keeps the hash, never the token
     for f in hw.db.parent.iterdir():
         assert new.encode() not in f.read_bytes(), f
+
+
+# ------------------------------------------------------------------ the store's files
+
+@pytest.mark.parametrize("planted", ["keys.db", "keys.db-wal"])
+def test_root_never_follows_a_symlink_the_webhooks_user_planted(hw, planted):
+    """The store's directory belongs to hatchway-webhook: whoever runs as that
+    user can put a symlink where root's `hatchway` would have SQLite create a
+    file.  Root must refuse, and nothing may appear where it points."""
+    store = hw.tmp / f"planted-{planted}"      # (the stack's directory: others may enter)
+    store.mkdir()
+    if planted == "keys.db-wal":           # a real store, then its WAL replaced
+        run(["hatchway", "users", "list", "--db", str(store / "keys.db")])
+        (store / "keys.db-wal").unlink(missing_ok=True)
+    run(["chown", "-R", "hatchway-webhook:hatchway-webhook", str(store)])
+    target = Path(f"/root/hatchway-planted-{planted}")
+    target.unlink(missing_ok=True)
+    run(["setpriv", "--reuid=hatchway-webhook", "--regid=hatchway-webhook", "--clear-groups",
+         "ln", "-s", str(target), str(store / planted)])
+    try:
+        p = subprocess.run(["hatchway", "users", "add", "mallory", "--db",
+                            str(store / "keys.db")], capture_output=True, text=True, timeout=60)
+        assert not target.exists(), "root created a file where the planted symlink points"
+        assert p.returncode == 1
+        assert p.stderr == f"hatchway: the key store file {store / planted} is a symbolic " \
+                           "link; refusing to follow it\n"
+    finally:
+        target.unlink(missing_ok=True)
+        cli(hw, "users", "remove", "mallory", check=False)

@@ -31,6 +31,7 @@ def _run_all(hw, users_and_tokens):
     assert len(hostnames) == len(users_and_tokens)
 
 
+@pytest.mark.config({"limits": {"max_sessions_per_user": 50}})   # the default is 20
 def test_fifty_sessions_of_one_user(hw):
     _run_all(hw, [("alice", f"t{i:02d}") for i in range(50)])
 

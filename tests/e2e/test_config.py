@@ -30,8 +30,11 @@ def alt_image():
 
 @pytest.fixture
 def tree():
-    """Host directories to mount, with a symlink pointing out of the allowed tree."""
+    """Host directories to mount, with a symlink pointing out of the allowed
+    tree, on a nosuid file system (as writable mounts must be)."""
     shutil.rmtree(TREE, ignore_errors=True)
+    TREE.mkdir()
+    run(["mount", "-t", "tmpfs", "-o", "nosuid,nodev,mode=0755", "tmpfs", str(TREE)])
     for user in ("alice", "bob"):
         (TREE / "sites" / user).mkdir(parents=True)
         (TREE / "sites" / user / "owner").write_text(f"{user}\n")
@@ -39,6 +42,7 @@ def tree():
     (TREE / "outside" / "secret").write_text("secret\n")
     os.symlink(TREE / "outside", TREE / "sites" / "sneaky")
     yield TREE
+    run(["umount", "-l", str(TREE)], check=False)
     shutil.rmtree(TREE, ignore_errors=True)
 
 
@@ -96,6 +100,25 @@ def test_webhook_sets_image_env_mounts_and_limits(hw, webhook, tree):
     assert req["username"] == req["authenticatedUsername"] == "alice"
     assert req["remoteAddress"].startswith("127.0.0.1:")
     schema.check(webhook.replies[-1][1], "ConfigResponseBody")
+
+
+def test_zero_or_negative_limits_from_the_webhook_are_capped(hw, webhook):
+    # 0 and -1 mean "unlimited" to Docker: they must not slip under the maximum
+    webhook.configs["alice"] = {"docker": {"execution": {"host": {
+        "resources": {"memory": 0, "nanocpus": 0, "pidslimit": -1}}}}}
+    use_webhook(hw, webhook, policy={"max_memory": "256m", "max_cpus": 0.5, "max_pids": 64})
+    host = inspect_session(hw, "alice")["HostConfig"]
+    assert (host["Memory"], host["NanoCpus"], host["PidsLimit"]) == (256_000_000, 500000000, 64)
+
+
+def test_refusals_name_the_rule_not_the_host_paths(hw, webhook, tree):
+    webhook.configs["alice"] = {"docker": {"execution": {"host": {
+        "binds": [f"{tree}/sites/sneaky:/x"]}}}}
+    use_webhook(hw, webhook, policy={"mount_prefixes": [str(tree / "sites")]})
+    p = hw.ssh("alice", "true")
+    assert p.stderr == b"hatchway: policy refuses docker.mounts: a mount source is not under " \
+                       b"an allowed prefix (policy.mount_prefixes)\n"
+    wait_for(lambda: f"really {tree}/outside" in hw.daemon_log(), 10, what="the log line")
 
 
 def test_containerssh_documented_answer_works_unchanged(hw, webhook):

@@ -264,3 +264,49 @@ def test_the_clients_host_path_never_reaches_the_container():
     from hatchway.daemon.session import filter_env
     env = {"SSH_AUTH_SOCK": "/tmp/ssh-x/agent.1", "LANG": "C"}
     assert filter_env(env, ["*"]) == {"LANG": "C"}      # whatever the allowlist says
+
+
+# -- session mode only (connection/persistent workspaces outlive the session
+#    whose id keys the agent directory, and their mounts are fixed at creation)
+
+from types import SimpleNamespace  # noqa: E402
+
+from hatchway.admin.check_cmd import agent_problems  # noqa: E402
+from hatchway.daemon.session import agent_plan  # noqa: E402
+
+
+@pytest.mark.parametrize("mode", ["connection", "persistent"])
+def test_a_workspace_mode_session_gets_no_agent_and_one_line_if_it_forwarded(mode):
+    on, note = agent_plan(True, True, mode, "docker", wanted=True)
+    assert on is False
+    assert note == (f"agent forwarding is not supported in session.mode {mode} yet; "
+                    "this session has no agent")
+    assert "\n" not in note
+    # nothing forwarded: nothing to say
+    assert agent_plan(True, True, mode, "docker", wanted=False) == (False, None)
+
+
+def test_session_mode_forwards_and_the_policy_and_backend_still_decide_first():
+    assert agent_plan(True, True, "session", "docker", wanted=True) == (True, None)
+    assert agent_plan(True, True, "session", "docker", wanted=False) == (True, None)
+    assert agent_plan(False, True, "session", "docker", wanted=True) == (False, None)
+    assert agent_plan(False, True, "persistent", "docker", wanted=True) == (False, None)
+    on, note = agent_plan(True, False, "session", "kubernetes", wanted=True)
+    assert not on and "kubernetes backend" in note
+
+
+def _cfg(agent=False, mode="session", groups=None, backend="docker"):
+    return SimpleNamespace(session=SimpleNamespace(agent_forwarding=agent, mode=mode),
+                           groups=groups or {}, backend=backend)
+
+
+def test_check_reports_agent_forwarding_with_a_workspace_mode():
+    assert agent_problems(_cfg(agent=True), True) == []
+    assert agent_problems(_cfg(agent=False, mode="persistent"), True) == []
+    [p] = agent_problems(_cfg(agent=True, mode="persistent"), True)
+    assert "session.mode is persistent" in p and "session mode only" in p
+    [p] = agent_problems(_cfg(groups={"devs": {"session": {"agent_forwarding": True}},
+                                      "ops": {"session": {"mode": "connection"}}}), True)
+    assert "groups.ops.session.mode is connection" in p
+    [p] = agent_problems(_cfg(agent=True, backend="kubernetes"), False)
+    assert "kubernetes backend cannot forward agents" in p

@@ -12,7 +12,8 @@ def test_the_documented_example_answer():
     reply = {"config": {"backend": "docker", "docker": {"execution": {
         "container": {"image": "registry.example/guest:1"}, "mode": "connection"}}}}
     out = config.validate(translate(reply["config"]))
-    assert out == {"backend": "docker", "docker": {"image": "registry.example/guest:1"}}
+    assert out == {"backend": "docker", "docker": {"image": "registry.example/guest:1"},
+                   "session": {"mode": "connection"}}
 
 
 def test_the_test_servers_busybox_answer():
@@ -20,7 +21,14 @@ def test_the_test_servers_busybox_answer():
     reply = {"docker": {"execution": {"container": {"image": "busybox"}, "mode": "session",
                                       "disableAgent": True, "shellCommand": ["/bin/sh"]}}}
     assert config.validate(translate(reply)) == {
-        "docker": {"image": "busybox"}, "session": {"shell": ["/bin/sh"]}}
+        "docker": {"image": "busybox"}, "session": {"mode": "session", "shell": ["/bin/sh"]}}
+
+
+@pytest.mark.parametrize("mode", ["session", "connection", "persistent"])
+def test_every_containerssh_mode_is_a_hatchway_mode(mode):
+    assert translate({"docker": {"execution": {"mode": mode}}}) == {"session": {"mode": mode}}
+    out = translate({"kubernetes": {"pod": {"mode": mode, "createMissingPods": True}}})
+    assert config.validate(out) == {"session": {"mode": mode}}
 
 
 def test_keys_are_case_insensitive_like_go():
@@ -52,7 +60,7 @@ def test_host_settings_translate():
      "docker.execution.host.securityopt"),
     ({"docker": {"execution": {"container": {"entrypoint": ["/bin/evil"]}}}},
      "docker.execution.container.entrypoint"),
-    ({"docker": {"execution": {"mode": "persistent"}}}, "docker.execution.mode"),
+    ({"docker": {"execution": {"mode": "forever"}}}, "docker.execution.mode"),
 ])
 def test_fields_that_would_not_be_honoured_are_refused(reply, field):
     with pytest.raises(Unsupported, match=field.replace(".", r"\.")):
@@ -86,7 +94,8 @@ def test_kubernetes_pod_shape():
         "timeouts": {"podStart": "30s"}}})
     assert out == {"backend": "kubernetes",
                    "kubernetes": {"start_timeout": "30s", "pod": spec, "container": "shell"},
-                   "session": {"subsystems": {"sftp": ["/usr/lib/sftp-server"]}}}
+                   "session": {"mode": "session",
+                               "subsystems": {"sftp": ["/usr/lib/sftp-server"]}}}
 
 
 def test_kubernetes_connection_is_not_the_webhooks_to_set():

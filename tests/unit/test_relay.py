@@ -9,6 +9,7 @@ import socket
 import struct
 import termios
 import threading
+import time
 
 
 from hatchway.backends.base import ExitStatus, Process
@@ -61,9 +62,9 @@ class Pipes:
         self.fds = [self.in_r, self.out_w, self.err_w]
 
 
-def relay(proc, fds, pty=False, grace=0.2, pending=()):
+def relay(proc, fds, pty=False, grace=0.2, pending=(), limits=None):
     ours, theirs = socket.socketpair()
-    r = Relay(proc, fds, pty, ours, FrameReader(), list(pending), grace)
+    r = Relay(proc, fds, pty, ours, FrameReader(), list(pending), grace, limits=limits)
     result = {}
     t = threading.Thread(target=lambda: result.setdefault("outcome", r.run()), daemon=True)
     t.start()
@@ -180,3 +181,51 @@ def test_the_terminal_is_cooked_again_after_the_relay():
     t.join(5)
     assert termios.tcgetattr(slave) == before
     os.close(master), os.close(slave)
+
+
+class SocketProcess(FakeProcess):
+    """stdin is a real socket the relay may splice into, non-blocking as a
+    Python socket with a timeout is underneath (Docker exec streams)."""
+
+    def __init__(self):
+        super().__init__()
+        self.sock, self.peer = socket.socketpair()
+        self.sock.setblocking(False)
+
+    def stdin_fileno(self):
+        return self.sock.fileno()
+
+    def close_stdin(self):
+        self.sock.shutdown(socket.SHUT_WR)
+        super().close_stdin()
+
+
+def test_stdin_spliced_into_a_non_blocking_stream_arrives_whole_and_then_eof():
+    # more than the socket buffers hold, so the splice meets EAGAIN while the
+    # reader below is still slow to start
+    proc, p = SocketProcess(), Pipes()
+    data = os.urandom(8 << 20)
+    got = bytearray()
+
+    def reader():
+        time.sleep(0.3)
+        while chunk := proc.peer.recv(1 << 16):
+            got.extend(chunk)
+
+    rd = threading.Thread(target=reader, daemon=True)
+    rd.start()
+    r, ctl, t, result = relay(proc, p.fds)
+    threading.Thread(target=lambda: (_write_all(p.in_w, data), os.close(p.in_w)),
+                     daemon=True).start()
+    rd.join(30)
+    assert not rd.is_alive(), "stdin never reached its end"
+    assert proc.stdin_closed.is_set()
+    assert bytes(got) == data and r.bytes_in == len(data)
+    proc.out.put(None)
+    t.join(10)
+
+
+def _write_all(fd, data):
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]

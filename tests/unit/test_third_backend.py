@@ -52,7 +52,7 @@ def test_its_policy_and_containerssh_section_are_its_own(dummy):
     cfg = config.load(str(dummy))
     cfg["dummy"]["greeting"] = "forbidden"
     with pytest.raises(policy.Violation, match="dummy.greeting"):
-        policy.check(cfg)
+        policy.check(cfg, "alice")
     assert containerssh.translate({"Dummy": {"greeting": "yo"}}) == {"dummy": {"greeting": "yo"}}
 
 

@@ -259,3 +259,82 @@ def admin_token_for(srv) -> str:
     admin_token.ensure(Store(srv.db_path), srv.token_file)
     with open(srv.token_file) as f:
         return f.read().strip()
+
+
+# ------------------------------------------------------------------ slow clients, one peer
+
+def test_a_client_trickling_bytes_is_cut_off_at_the_request_deadline(server):
+    """Every read is within the per-read timeout (1 s here), so only a
+    deadline on the whole request ends this: a header byte every 0.3 s."""
+    server.request_deadline = 2.0
+    s = socket.create_connection(server.server_address, timeout=10)
+    trickle = b"POST /pubkey HTTP/1.1\r\nX-Slow: " + b"x" * 200
+    sent = 0
+    try:
+        for byte in trickle:
+            s.sendall(bytes([byte]))
+            sent += 1
+            time.sleep(0.3)
+    except OSError:
+        pass                     # the server hung up mid-request
+    s.settimeout(10)
+    try:
+        rest = s.recv(1000)
+    except OSError:
+        rest = b""
+    s.close()
+    assert sent < len(trickle), "the server let a trickling client hold its connection"
+    assert b"200 OK" not in rest
+    assert alive(server)
+
+
+HOLD = r"""
+import socket, sys, time
+port, n = int(sys.argv[1]), int(sys.argv[2])
+held = []
+for _ in range(n):
+    s = socket.create_connection(("127.0.0.1", port))
+    s.sendall(b"POST /pubkey HTTP/1.1\r\nContent-Le")
+    held.append(s)
+print("holding", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_one_local_user_cannot_take_every_connection(server, monkeypatch):
+    """A local user (here `nobody`) opens connections and stalls in each: past
+    its share they are closed, and sshd's key helper (here root) still gets
+    answers, though every connection the server would take is in use."""
+    import subprocess
+    import sys
+    monkeypatch.setattr(webhook_server, "MAX_CONNECTIONS", 8)
+    server.max_per_peer = 4
+    server.request_deadline = 60.0
+    p = subprocess.Popen(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
+                          sys.executable, "-c", HOLD, str(server.server_address[1]), "8"],
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout.readline() == "holding\n"
+        deadline = time.monotonic() + 10
+        while server._active < 4 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.3)         # the other four reach the server too
+        assert server._active == 4 and server._per_peer == {"uid:65534": 4}
+        assert alive(server)
+    finally:
+        p.stdin.close()
+        p.wait(10)
+
+
+def test_password_checks_are_rate_limited_per_peer(server, monkeypatch):
+    monkeypatch.setattr(webhook_server, "PASSWORD_RATE", 0.0)     # no refill: the burst only
+    Store(server.db_path).set_password("dave", "s3cret")
+    server.allow_passwords = True
+    wrong = {"username": "dave", "passwordBase64": base64.b64encode(b"guess").decode()}
+    answers = [call(server, "POST", "/password", wrong) for _ in range(
+        webhook_server.PASSWORD_BURST + 5)]
+    statuses = [a[0] for a in answers]
+    assert statuses == [200] * webhook_server.PASSWORD_BURST + [429] * 5, statuses
+    limited = next(a for a in answers if a[0] == 429)
+    assert limited[2].getheader("Retry-After") == "1"
+    assert limited[1] == {"error": "too many password checks; try again later"}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 from urllib.parse import quote, urlencode
 
 from hatchway.core import http11
@@ -17,6 +18,10 @@ from hatchway.core import http11
 from ..base import EngineError
 
 API = "/v1.41"
+# What a user reads when dockerd is down at login, and when it stops or
+# restarts under a live session (dockerd stops every container as it goes).
+ENGINE_DOWN = "the container engine is not available; try again later"
+ENGINE_GONE = "the container engine stopped or restarted; this session has ended"
 
 
 class DockerError(EngineError):
@@ -148,6 +153,17 @@ class Docker:
         path = f"/exec/{quote(exec_id)}/resize" if exec_id else f"/containers/{quote(cid)}/resize"
         self.call("POST", path, query={"h": rows, "w": cols}, ok=(200, 201))
 
+    def stop(self, cid: str, timeout: int = 5) -> None:
+        """SIGTERM to the container's init, SIGKILL after `timeout` seconds."""
+        self.call("POST", f"/containers/{quote(cid)}/stop", query={"t": timeout},
+                  ok=(204, 304, 404), timeout=timeout + 30)
+
+    def exec_create(self, cid: str, body: dict) -> str:
+        return self.call("POST", f"/containers/{quote(cid)}/exec", body, ok=(201,))["Id"]
+
+    def exec_inspect(self, exec_id: str) -> dict:
+        return self.call("GET", f"/exec/{quote(exec_id)}/json")
+
     def kill(self, cid: str, signal: str) -> None:
         self.call("POST", f"/containers/{quote(cid)}/kill", query={"signal": signal},
                   ok=(204, 409, 404))
@@ -169,12 +185,15 @@ class Docker:
         return self.call("GET", "/containers/json", query={"all": int(all_), "filters": filters})
 
     def image_exists(self, image: str) -> bool:
+        return self.image_id(image) is not None
+
+    def image_id(self, image: str) -> str | None:
+        """The image's id (sha256:...), None if the engine does not have it."""
         try:
-            self.call("GET", f"/images/{quote(image, safe='/:@')}/json")
-            return True
+            return self.call("GET", f"/images/{quote(image, safe='/:@')}/json").get("Id") or ""
         except DockerError as e:
             if e.status == 404:
-                return False
+                return None
             raise
 
 
@@ -194,12 +213,18 @@ class WaitHandle:
             pass
 
     def result(self, timeout: float | None = None) -> dict:
-        """Block for the wait answer: {"StatusCode": n, "Error": ...}."""
+        """Block for the wait answer: {"StatusCode": n, "Error": ...}.
+        A DockerError's `dropped` is true when dockerd closed the wait before
+        its answer and before `timeout`: it answers a wait whenever the
+        container exits, so it stopped or restarted."""
+        deadline = http11.Deadline(timeout)
         try:
-            body = http11.read_body(self.sock, self.headers, self.rest,
-                                    http11.Deadline(timeout), 65536)
+            body = http11.read_body(self.sock, self.headers, self.rest, deadline, 65536)
             return json.loads(body)
         except (http11.HTTPError, ValueError) as e:
-            raise DockerError(0, f"lost the container's exit status: {e}") from None
+            err = DockerError(0, f"lost the container's exit status: {e}")
+            err.dropped = isinstance(e, http11.HTTPError) and \
+                (deadline.end is None or time.monotonic() < deadline.end)
+            raise err from None
         finally:
             self.sock.close()

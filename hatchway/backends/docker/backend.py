@@ -1,4 +1,5 @@
-"""Docker backend: one container per SSH session (`session` mode).
+"""Docker backend: one container per SSH session (`session` mode), or an
+exec into a workspace (`connection` and `persistent` modes: workspace.py).
 
 Order matters and follows what the docker CLI does, minus its races:
 create → attach (keeping bytes that arrive with the 101 head) → register
@@ -9,29 +10,26 @@ wait before start means no early output and no exit status is ever lost.
 from __future__ import annotations
 
 import logging
-import mmap
+import os
 import re
-import socket
-import struct
-import threading
-import time
 
 from .. import labels as L
-from ..base import Backend, BackendError, ExitStatus, Found, Process, SessionSpec
-from .api import Docker, DockerError, Stream, WaitHandle
+from .. import workspaces as W
+from ..base import Backend, BackendError, Found, Process, SessionSpec
+from ..exec_wrapper import signal_argv
+from . import isolation, workspace
+from .api import ENGINE_DOWN, Docker, DockerError
+from .process import DETACH_KEYS, DockerProcess
+from .settings import NETWORK
 
 log = logging.getLogger("hatchwayd")
 
-# dockerd swallows its detach sequence even for API clients and it cannot be
-# turned off; pick one nobody types: four ctrl-^ in a row.
-DETACH_KEYS = "ctrl-^,ctrl-^,ctrl-^,ctrl-^"
 # A pty session's command starts at once, and API 1.41 has no ConsoleSize: a
 # resize can only follow the start, too late for a command that asks first
 # (`stty size` saw 0 0).  So the container's shell sets the size, then becomes
 # the command.  (Exec and shell sessions need /bin/sh anyway; without stty the
 # size still arrives by the resize after the start.)
 SIZED = 'stty rows "$1" cols "$2" 2>/dev/null; shift 2; exec "$@"'
-RECV_BUFFER = 1 << 20       # one recv_into may bring this much output
 AGENT_TARGET = "/run/hatchway"      # = daemon/agent.py IN_CONTAINER
 
 
@@ -55,14 +53,18 @@ def container_spec(spec: SessionSpec) -> dict:
         host["ReadonlyRootfs"] = True
     if d.tmpfs:
         host["Tmpfs"] = dict(d.tmpfs)
-    if d.memory:
+    # After the policy (policy.py) a limit is positive, or the admin set no
+    # maximum and the value means "unlimited" (0, negative or unset)
+    if d.memory and d.memory > 0:
         host["Memory"] = int(d.memory)
-    if d.cpus:
+    if d.cpus and d.cpus > 0:
         host["NanoCpus"] = int(d.cpus * 1e9)
-    if d.pids_limit:
+    if d.pids_limit and d.pids_limit > 0:
         host["PidsLimit"] = int(d.pids_limit)
     if d.network:
         host["NetworkMode"] = d.network
+    if d.no_new_privileges:
+        host["SecurityOpt"] = ["no-new-privileges"]
     if d.mounts:
         host["Mounts"] = list(d.mounts)
     if spec.agent_dir:
@@ -117,7 +119,7 @@ def container_name(spec: SessionSpec) -> str:
 
 
 class DockerBackend(Backend):
-    agent_forwarding = True
+    keeps_stopped = True        # a stopped workspace keeps its file system
 
     def __init__(self, cfg):
         super().__init__(cfg)
@@ -125,6 +127,16 @@ class DockerBackend(Backend):
 
     def start(self, spec: SessionSpec) -> Process:
         d = spec.config.docker
+        if d.network == NETWORK:
+            isolation.ensure_network(self.api)
+        for m in d.mounts:
+            if m["Type"] == "volume":
+                isolation.ensure_volume(self.api, m["Source"], spec.user)
+        if spec.config.session.mode in W.SHARED:
+            # the image's id is part of what the workspace is made from (an
+            # image change applies at the next login while no session is open)
+            image_id = self._ensure_image(d.image, d.pull, d.start_timeout)
+            return self._exec_into_workspace(spec, image_id)
         if d.pull == "Always":
             self._ensure_image(d.image, d.pull, d.start_timeout)
         body, name = container_spec(spec), container_name(spec)
@@ -139,9 +151,12 @@ class DockerBackend(Backend):
                 self._ensure_image(d.image, d.pull, d.start_timeout)
                 cid = self.api.create(body, name)
         except DockerError as e:
+            # Docker's words may name host paths: the log has them
             if e.status == 0:
-                raise BackendError(f"cannot reach the container engine: {e}") from None
-            raise BackendError(f"cannot create the container: {e}") from None
+                raise BackendError(ENGINE_DOWN,
+                                   f"cannot reach the container engine: {e}") from None
+            raise BackendError("cannot create the session's container",
+                               f"cannot create the container: {e}") from None
         stream = waiter = None
         try:
             stream = self.api.hijack("POST", f"/containers/{cid}/attach",
@@ -154,21 +169,52 @@ class DockerBackend(Backend):
                 if handle is not None:
                     handle.close()
             _safe(lambda: self.api.remove(cid))
-            raise BackendError(f"cannot start the container: {_start_error(e)}") from None
+            raise BackendError(f"cannot start the session's container{_start_error(e)}",
+                               f"cannot start the container: {e}") from None
         proc = DockerProcess(self.api, cid, stream, waiter, spec.pty)
         if spec.pty and spec.size:
             proc.initial_resize(*spec.size)
         return proc
 
-    def _ensure_image(self, image: str, policy: str, timeout: float) -> None:
+    def _exec_into_workspace(self, spec: SessionSpec, image_id: str) -> Process:
+        """connection and persistent modes: find, create or start the
+        workspace under its lock (workspace.py), then exec into it."""
+        name = W.name_for(spec.config.session.mode, spec.user, spec.connection_id)
+        rec = W.Record(name, W.root_for(spec.config))
+        body = workspace.workspace_spec(spec, container_spec(spec), name, image_id)
+        with rec.lock():
+            rec.attach(spec.session_id, L.process_token(os.getpid()), kind=spec.kind,
+                       pty=spec.pty)
+            try:
+                cid = workspace.ensure(self.api, spec, body, name, rec)
+            except BaseException:
+                rec.drop(spec.session_id)
+                raise
+            rec.set_meta(user=spec.user, mode=spec.config.session.mode, sshd=spec.sshd,
+                         **W.settings_of(spec.config))
+        proc = workspace.DockerExecProcess(self.api, cid, rec, spec)
         try:
-            present = self.api.image_exists(image)
+            proc.start(spec.argv)
+        except BaseException:
+            proc.destroy()
+            raise
+        return proc
+
+    def _ensure_image(self, image: str, policy: str, timeout: float) -> str:
+        """Pull as the policy says; the image's id."""
+        try:
+            iid = self.api.image_id(image)
         except DockerError as e:
-            raise BackendError(f"cannot reach the container engine: {e}") from None
-        if policy == "Never" and not present:
+            # the user gets no host path or engine detail; the log has them
+            raise BackendError(ENGINE_DOWN if e.status == 0 else "the container engine "
+                               "cannot start a session now; try again later",
+                               f"cannot reach the container engine: {e}") from None
+        if policy == "Never" and iid is None:
             raise BackendError(f"image {image} is not available on this host")
-        if policy == "Always" or not present:
-            self._pull(image, present, timeout)
+        if policy == "Always" or iid is None:
+            self._pull(image, iid is not None, timeout)
+            iid = _safe_value(lambda: self.api.image_id(image)) or iid
+        return iid or ""
 
     def _pull(self, image: str, present: bool, timeout: float) -> None:
         """Pull in this session's own process: a slow registry holds up only the
@@ -190,19 +236,33 @@ class DockerBackend(Backend):
                 log.warning("pulling %s failed (%s); using the local copy", image, why)
             return
         if why or not _safe(lambda: self.api.image_exists(image)):
-            raise BackendError(f"image {image} is not available here and cannot be pulled"
-                               + (f": {why}" if why else ""))
+            msg = f"image {image} is not available here and cannot be pulled"
+            raise BackendError(msg, msg + (f": {why}" if why else ""))
 
     def list(self, user: str | None = None) -> list[Found]:
         try:
             found = self.api.list([f"{k}={v}" for k, v in L.selector(user).items()])
         except DockerError as e:
             raise BackendError(f"cannot list session containers: {e}") from None
-        return [Found(c["Id"], c.get("Labels") or {}, c.get("State") or "")
+        return [Found(c["Id"], c.get("Labels") or {}, c.get("State") or "",
+                      running=c.get("State") == "running", created=c.get("Created"))
                 for c in found]
 
     def remove(self, found: Found) -> bool:
         return _safe(lambda: self.api.remove(found.name))
+
+    def stop(self, found: Found) -> bool:
+        """`docker stop`: the workspace's processes end, its file system stays."""
+        return _safe(lambda: self.api.stop(found.name))
+
+    def kill_session(self, found: Found, pid: int, start: int | None) -> bool:
+        # the workspace says who may signal its sessions' processes (the
+        # reaper has no session config to ask)
+        info = _safe_value(lambda: self.api.inspect(found.name)) or {}
+        user = workspace.signal_user((info.get("Config") or {}).get("User") or "",
+                                     (info.get("HostConfig") or {}).get("CapDrop"))
+        return workspace.run_inside(self.api, found.name, signal_argv("KILL", pid, start),
+                                    wait=5.0, user=user)
 
     def check(self) -> tuple[list[str], list[str]]:
         d, problems, notes = self.cfg.docker, [], []
@@ -212,6 +272,13 @@ class DockerBackend(Backend):
             if not self.api.image_exists(d.image):
                 msg = f"docker: image {d.image} is not present"
                 (problems if d.pull == "Never" else notes).append(msg)
+            if d.network == NETWORK:
+                try:
+                    how = isolation.ensure_network(self.api)
+                    notes.append(f"docker: network {NETWORK} {how} (bridge {isolation.BRIDGE}, "
+                                 "no traffic between containers)")
+                except BackendError as e:
+                    problems.append(f"docker: {e.log_reason}")
         except DockerError as e:
             problems.append(f"docker: {e}")
         return problems + _socket_access(d.host), notes
@@ -253,6 +320,13 @@ def _safe(fn) -> bool:
         return False
 
 
+def _safe_value(fn):
+    try:
+        return fn()
+    except Exception:
+        return None
+
+
 def _pull_error(progress) -> str:
     """dockerd answers a pull with 200 and reports failure inside the JSON stream."""
     import json
@@ -268,197 +342,10 @@ def _pull_error(progress) -> str:
 
 
 def _start_error(e: DockerError) -> str:
-    msg = str(e)
-    m = re.search(r'exec: "([^"]+)": (executable file not found|no such file)[^"]*', msg)
-    if m:
-        return f"{m.group(1)}: not found in the image"
-    return msg
-
-
-def _in_container(pid: int, cid: str) -> bool | None:
-    """Is `pid` in container `cid`?  None: this process cannot see it."""
-    try:
-        with open(f"/proc/{pid}/cgroup", encoding="ascii", errors="replace") as f:
-            return any(cid in line for line in f)
-    except OSError:
-        return None
-
-
-def _real_uid(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as f:
-            for line in f:
-                if line.startswith("Uid:"):
-                    return int(line.split()[1])
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
-
-
-class DockerProcess(Process):
-    def __init__(self, api: Docker, cid: str, stream: Stream, waiter: WaitHandle, tty: bool):
-        self.api = api
-        self.id = cid[:12]
-        self.cid = cid
-        self.stream = stream
-        self.waiter = waiter
-        self.tty = tty
-        # anonymous memory: pages are only there once output fills them (an
-        # interactive session touches one; bytearray() would zero all of it)
-        self._buf = mmap.mmap(-1, RECV_BUFFER)
-        self._view = memoryview(self._buf)
-        self._pos = self._end = 0       # unparsed bytes: _buf[_pos:_end]
-        self._gone = False
-        self._lock = threading.Lock()
-        self._user_uid: int | None = None
-
-    # -- bytes
-
-    def agent_peer_ok(self, pid: int, uid: int) -> bool:
-        # In this container: its cgroup path names the container's full id
-        # (cgroup v1 and v2, cgroupfs and systemd drivers alike).  Under the
-        # packaged unit (ProtectProc=invisible) other uids' processes are not
-        # in /proc at all; then what remains is that only this container (and
-        # root and hatchway on the host) can reach the socket's directory.
-        if _in_container(pid, self.cid) is False:
-            return False
-        return uid == 0 or uid == self._container_uid()
-
-    def _container_uid(self) -> int | None:
-        """The uid the container's processes run as: its first process's
-        (docker-init or the command) as the kernel has it, so a user name only
-        the image's /etc/passwd knows needs no lookup; failing that, a numeric
-        `User` (or none: root).  None: only root may use the agent."""
-        if self._user_uid is None:
-            info = (self.api.inspect(self.cid) if not self._gone else None) or {}
-            pid = (info.get("State") or {}).get("Pid")
-            if isinstance(pid, int) and pid > 0:
-                self._user_uid = _real_uid(pid)
-            if self._user_uid is None:
-                user = str((info.get("Config") or {}).get("User") or "0").split(":")[0]
-                self._user_uid = int(user) if user.isdigit() else None
-        return self._user_uid
-
-    def send(self, data: bytes) -> None:
-        self.stream.sock.sendall(data)
-
-    def stdin_fileno(self) -> int:
-        """Where stdin bytes go as they are (the relay may splice into it)."""
-        return self.stream.sock.fileno()
-
-    def close_stdin(self) -> None:
-        try:
-            self.stream.sock.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass
-
-    def recv(self) -> tuple[int, memoryview] | None:
-        """The next output as (stream, view).  The view points into this
-        process's receive buffer: valid until the next recv(), so the relay
-        writes it out before asking again (no copy in Python)."""
-        if self.tty:
-            n = self._read_into(0)
-            return (1, self._view[:n]) if n else None
-        # Multiplexed: frames of [stream u8][0 0 0][length u32 BE] + payload.
-        # Whole frames of one stream already in the buffer go out as one view:
-        # payloads are moved down over the headers between them (memmove in C).
-        buf, view = self._buf, self._view
-        while True:
-            pos, end = self._pos, self._end
-            kind = out_start = out_end = None
-            while end - pos >= 8:
-                k, n = struct.unpack_from(">BxxxL", buf, pos)
-                if end - pos < 8 + n:
-                    break
-                if n:
-                    if kind is None:
-                        kind, out_start, out_end = k, pos + 8, pos + 8 + n
-                    elif k != kind:
-                        break
-                    else:
-                        if pos + 8 != out_end:
-                            buf[out_end:out_end + n] = view[pos + 8:pos + 8 + n]
-                        out_end += n
-                pos += 8 + n
-            self._pos = pos
-            if kind is not None:
-                return (2 if kind == 2 else 1), view[out_start:out_end]
-            # keep the incomplete frame's bytes, at the front of the buffer
-            if pos:
-                left = end - pos
-                if left:
-                    buf[:left] = view[pos:end]
-                self._pos, self._end = 0, left
-            if self._end == len(buf):           # a frame larger than the buffer
-                self._grow()
-                buf, view = self._buf, self._view
-            got = self._read_into(self._end)
-            if not got:
-                return None
-            self._end += got
-
-    def _grow(self) -> None:
-        buf = bytearray(2 * len(self._buf))
-        buf[:self._end] = self._view[:self._end]
-        self._buf, self._view = buf, memoryview(buf)
-
-    def _read_into(self, at: int) -> int:
-        try:
-            return self.stream.recv_into(self._view[at:])
-        except OSError:
-            return 0
-
-    # -- control
-
-    def initial_resize(self, rows: int, cols: int) -> None:
-        # API 1.41 has no ConsoleSize; the container must be running first, and
-        # a resize right after start can still race it, so retry briefly.
-        for attempt in range(10):
-            try:
-                self.api.resize(self.cid, rows, cols)
-                return
-            except DockerError:
-                time.sleep(0.01 * (attempt + 1))
-
-    def resize(self, rows: int, cols: int) -> None:
-        try:
-            self.api.resize(self.cid, rows, cols)
-        except DockerError:
-            pass
-
-    def signal(self, name: str) -> None:
-        try:
-            self.api.kill(self.cid, name)
-        except DockerError:
-            pass
-
-    def exit_status(self, timeout: float | None = None) -> ExitStatus:
-        try:
-            result = self.waiter.result(timeout)
-        except DockerError:
-            info = self.api.inspect(self.cid)
-            state = (info or {}).get("State") or {}
-            if state.get("Running") or not info:
-                return ExitStatus(255, "lost the exit status of the container")
-            result = {"StatusCode": state.get("ExitCode", 255)}
-        code = int(result.get("StatusCode", 255)) & 0xFF
-        note = None
-        if code == 137:
-            info = self.api.inspect(self.cid) if not self._gone else None
-            if info and (info.get("State") or {}).get("OOMKilled"):
-                note = "the session ran out of memory and was killed (exit 137)"
-        return ExitStatus(code, note)
-
-    def destroy(self) -> None:
-        with self._lock:
-            if self._gone:
-                return
-            self._gone = True
-        self.stream.close()
-        for _ in range(3):
-            if _safe(lambda: self.api.remove(self.cid)):
-                return
-            time.sleep(0.2)
+    """The part of a start error that is the user's business: a command the
+    image does not have."""
+    m = re.search(r'exec: "([^"]+)": (executable file not found|no such file)[^"]*', str(e))
+    return f": {m.group(1)}: not found in the image" if m else ""
 
 
 BACKEND = DockerBackend

@@ -5,7 +5,12 @@ from __future__ import annotations
 
 import re
 
-from hatchway.core.config import PATH, T, section
+from hatchway.core.config import PATH, T, check_argv, section
+
+# The network sessions join by default: Hatchway creates it on first use
+# (backend.py), a bridge without traffic between its containers.
+NETWORK = "hatchway"
+BRIDGE = "hatchway0"            # the host interface, for the admin's firewall rules
 
 
 def _docker_host(value: str) -> str:
@@ -60,7 +65,8 @@ class Settings:
     workdir: str | None = T("str", None)
     hostname: str | None = T("str", None)
     env: dict = T("map", {}, item=T("str"))
-    network: str | None = T("str", None)
+    network: str = T("str", NETWORK,
+                     doc="`hatchway`: the network Hatchway creates, no traffic between containers")
     read_only: bool = T("bool", False)
     tmpfs: dict = T("map", {}, item=T("str"))
     mounts: list = T("list", [], item=T("any"), check=_mounts)
@@ -68,12 +74,17 @@ class Settings:
     cpus: float | None = T("float", None)
     pids_limit: int | None = T("int", None)
     privileged: bool = T("bool", False)
+    no_new_privileges: bool = T("bool", True)
     cap_add: list = T("list", [], item=T("str"))
     cap_drop: list = T("list", [], item=T("str"))
     devices: list = T("list", [], item=T("str"))
     pid_mode: str | None = T("str", None)
     ipc_mode: str | None = T("str", None)
     start_timeout: float = T("duration", 60.0)
+    # connection and persistent modes: what the workspace container runs
+    # while sessions are exec'd into it
+    idle_command: list = T("list", ["/bin/sh", "-c", "while :; do sleep 3600; done"],
+                           item=T("str"), check=check_argv)
 
 
 DAEMON_WIDE = ("host", "ca_file", "cert_file", "key_file")

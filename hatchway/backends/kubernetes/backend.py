@@ -15,9 +15,9 @@ How a session runs, and why:
    process only once the streams are attached), so no early output is lost;
    attaching to a pod's main process instead would race its first writes.
 4. The command runs under a tiny /bin/sh wrapper that first prints its pid
-   (the command then replaces the shell, keeping that pid).  We strip that
-   line and use the pid for signals: Kubernetes has no signal API, so HUP and
-   TERM are a second exec of `kill -s SIG <pid>` inside the container.
+   (the command then replaces the shell, keeping that pid; exec_wrapper.py).
+   We strip that line and use the pid for signals: Kubernetes has no signal
+   API, so HUP and TERM are a second exec of `kill` inside the container.
    (The image therefore needs /bin/sh with `kill`, `mkfifo`, `dd` and `stty`,
    which every distribution and busybox image has.)
 5. stdin EOF: `v4.channel.k8s.io` (every server before 1.29/1.30) cannot
@@ -45,22 +45,15 @@ import threading
 import time
 
 from .. import labels as L
+from .. import workspaces as W
 from ..base import SIGNALS, Backend, BackendError, ExitStatus, Found, Process, SessionSpec
+from ..exec_wrapper import FIFO_FAILED, read_pid, signal_argv, wrap
 from . import channel as ch
 from .api import Api, KubernetesError
 
 log = logging.getLogger("hatchwayd")
 
 RUN_DIR = "/.hatchway"          # an emptyDir in the session container, for the stdin FIFO
-PID_LINE = re.compile(rb"hatchway-pid:(\d+)\r?\n")
-# The command's wrapper: print our pid, then become the command.  Non-pty:
-# make the FIFO first and read stdin from it.
-# pty: set the terminal's size first; a resize message can reach the runtime
-# only after the process has started, and the command may ask before that.
-WRAP_PTY = ('stty rows "$1" cols "$2" 2>/dev/null; shift 2; echo "hatchway-pid:$$"; '
-            'exec "$@"')
-WRAP_PIPE = ('f="$1"; shift; mkfifo -m 600 "$f" || exit 125; echo "hatchway-pid:$$"; '
-             'exec "$@" < "$f"')
 # The stdin feeder: chunks framed as "<length>\n<bytes>", "0\n" is EOF.  EOF is
 # in-band because closing the exec's websocket is not an ordered EOF: the
 # kubelet/runtime drop stdin still in flight when the connection closes (a
@@ -114,11 +107,17 @@ def pod_manifest(spec: SessionSpec) -> tuple[dict, str]:
     podspec["automountServiceAccountToken"] = bool(k.service_account_token)
     podspec.setdefault("enableServiceLinks", False)
     podspec.setdefault("terminationGracePeriodSeconds", 0)
-    meta = {"name": pod_name(spec),
-            "labels": {key: v for key, v in spec.labels.items()
+    return ({"apiVersion": "v1", "kind": "Pod", "metadata": pod_metadata(pod_name(spec), spec.labels),
+             "spec": podspec}, c["name"])
+
+
+def pod_metadata(name: str, labels: dict[str, str]) -> dict:
+    """Every label as an annotation too: values a label cannot hold (the
+    owner token) are only there, and the reaper reads annotations."""
+    return {"name": name,
+            "labels": {key: v for key, v in labels.items()
                        if len(v) <= 63 and _LABEL_VALUE.match(v)},
-            "annotations": dict(spec.labels)}
-    return {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": podspec}, c["name"]
+            "annotations": dict(labels)}
 
 
 class KubernetesBackend(Backend):
@@ -128,6 +127,8 @@ class KubernetesBackend(Backend):
         self.ns = cfg.kubernetes.namespace
 
     def start(self, spec: SessionSpec) -> Process:
+        if spec.config.session.mode in W.SHARED:
+            return workspace.exec_into(self, spec)
         manifest, container = pod_manifest(spec)
         name = manifest["metadata"]["name"]
         try:
@@ -186,7 +187,9 @@ class KubernetesBackend(Backend):
             if time.monotonic() >= deadline:
                 raise BackendError(f"the session's pod did not start within {timeout:g}s: {why}")
             time.sleep(delay)
-            delay = min(delay * 2, 0.5)
+            # a pod usually runs within a second: a poll late by up to half
+            # a second was a third of the start (make bench, k8s rows)
+            delay = min(delay * 2, 0.2)
 
     def list(self, user: str | None = None) -> list[Found]:
         selector = ",".join(f"{k}={v}" for k, v in L.selector(user).items())
@@ -199,13 +202,30 @@ class KubernetesBackend(Backend):
         for pod in pods:
             meta = pod.get("metadata") or {}
             # the owner token is an annotation: no valid label value (pod_manifest)
-            out.append(Found(meta.get("name", ""), meta.get("annotations") or {},
-                             (pod.get("status") or {}).get("phase") or "",
-                             going=meta.get("deletionTimestamp") is not None))
+            phase = (pod.get("status") or {}).get("phase") or ""
+            going = meta.get("deletionTimestamp") is not None
+            out.append(Found(meta.get("name", ""), meta.get("annotations") or {}, phase,
+                             going=going, running=phase == "Running" and not going,
+                             created=_epoch(meta.get("creationTimestamp"))))
         return out
 
     def remove(self, found: Found) -> bool:
-        return delete_pod(self.api, self.ns, found.name, wait=0)
+        # a workspace's name comes back: let the kubelet finish (delete_pod)
+        return delete_pod(self.api, self.ns, found.name, wait=0,
+                          grace=1 if W.is_workspace(found.labels) else 0)
+
+    def stop(self, found: Found) -> bool:
+        """A pod cannot be stopped and started again: stopping a workspace
+        deletes its pod (its file system goes too, unless the pod template
+        mounts a volume that outlives it)."""
+        return delete_pod(self.api, self.ns, found.name, wait=0, grace=1)
+
+    def kill_session(self, found: Found, pid: int, start: int | None) -> bool:
+        container = found.labels.get(workspace.CONTAINER)
+        if not container:
+            return False
+        return run_inside(self.api, self.ns, found.name, container,
+                          signal_argv("KILL", pid, start))
 
     def check(self) -> tuple[list[str], list[str]]:
         try:
@@ -215,12 +235,46 @@ class KubernetesBackend(Backend):
         return [], [f"kubernetes: reachable at {self.api.conf.host}, namespace {self.ns}"]
 
 
-def delete_pod(api: Api, ns: str, name: str, wait: float = 20.0) -> bool:
-    """Delete at once (grace 0) and, when `wait`, until the API no longer has it.
-    True when it is gone or going."""
+def run_inside(api: Api, ns: str, pod: str, container: str, argv: list[str]) -> bool:
+    """Run a helper exec to its end (at most a few seconds); True if it ran."""
+    try:
+        ws = api.exec_socket(ns, pod, container, argv, stdin=False, stdout=True, stderr=True,
+                             tty=False, timeout=5)
+    except KubernetesError as e:
+        log.warning("cannot run a helper in pod %s: %s", pod, e)
+        return False
+    try:
+        ws.settimeout(5)
+        frames = ch.Frames(ws)
+        while frames.next() is not None:
+            pass
+        return frames.status is not None
+    finally:
+        ws.shutdown()
+
+
+def _epoch(stamp) -> float | None:
+    """RFC 3339 as the API writes it (2026-12-03T10:00:00Z) -> seconds."""
+    import calendar
+    try:
+        return float(calendar.timegm(time.strptime(str(stamp), "%Y-%m-%dT%H:%M:%SZ")))
+    except ValueError:
+        return None
+
+
+def delete_pod(api: Api, ns: str, name: str, wait: float = 20.0, grace: int = 0) -> bool:
+    """Delete (at once with grace 0) and, when `wait`, until the API no longer
+    has it.  True when it is gone or going.
+
+    Grace 0 removes the API object at once, while the kubelet still tears the
+    pod down for a second or two; a pod created meanwhile under the same name
+    (a workspace's) can then get an exec meant for it routed into the old,
+    dying one (the 1.20 kubelet finds a pod by name among the running ones).
+    With grace 1 the object stays until the kubelet has stopped the pod, so
+    waiting for it to go means the old pod is really gone."""
     try:
         api.call("DELETE", f"/api/v1/namespaces/{ns}/pods/{name}",
-                 query={"gracePeriodSeconds": "0"})
+                 query={"gracePeriodSeconds": str(grace)})
     except KubernetesError as e:
         if e.status != 404:
             return False
@@ -248,6 +302,7 @@ class KubernetesProcess(Process):
         self.ws = self.feed = None
         self.frames: ch.Frames | None = None
         self.pid: int | None = None
+        self.start_time: int | None = None
         self.pending: list[tuple[int, bytes]] = []
         self._gone = False
         self._lock = threading.Lock()
@@ -258,18 +313,18 @@ class KubernetesProcess(Process):
         except KubernetesError as e:
             raise BackendError(f"cannot run the command in the pod: {e}") from None
 
-    def start(self, argv: list[str]) -> None:
+    def start(self, argv: list[str], env: dict[str, str] | None = None) -> None:
+        """`env`: what the exec must export itself (a workspace's sessions; a
+        session's own pod has it in its spec already)."""
         from websocket import ABNF
         if self.tty:
-            rows, cols = self.size or (24, 80)
-            self.ws = self._exec(["/bin/sh", "-c", WRAP_PTY, "hatchway", str(rows), str(cols),
-                                  *argv],
+            self.ws = self._exec(wrap(argv, self.size or (24, 80), env),
                                  stdin=True, stdout=True, stderr=False, tty=True)
             if self.size:
                 self.ws.send(ch.resize_frame(*self.size), opcode=ABNF.OPCODE_BINARY)
         else:
             fifo = f"{RUN_DIR}/stdin-{self.session_id}"
-            self.ws = self._exec(["/bin/sh", "-c", WRAP_PIPE, "hatchway", fifo, *argv],
+            self.ws = self._exec(wrap(argv, None, env, fifo),
                                  stdin=False, stdout=True, stderr=True, tty=False)
         self.frames = ch.Frames(self.ws)
         self._read_pid()
@@ -281,34 +336,17 @@ class KubernetesProcess(Process):
     def _read_pid(self) -> None:
         """Consume the wrapper's pid line (the first output there is), bounded."""
         self.ws.settimeout(30)
-        buf = b""
         try:
-            while len(buf) < 64:
-                item = self.frames.next()
-                if item is None:
-                    break                       # the wrapper failed; its status tells why
-                stream, data = item
-                if stream != ch.STDOUT:
-                    self.pending.append(item)
-                    continue
-                buf += data
-                m = PID_LINE.match(buf)
-                if m:
-                    self.pid = int(m.group(1))
-                    buf = buf[m.end():]
-                    break
-                if not b"hatchway-pid:".startswith(buf[:13]) or b"\n" in buf:
-                    break                       # not our line: all of it is output
+            self.pid, self.start_time, pending = read_pid(self.frames.next)
         finally:
             if self.ws is not None:
                 self.ws.settimeout(None)
-        if buf:
-            self.pending.append((ch.STDOUT, buf))
+        self.pending += pending
         if self.pid is None and self.frames.status is not None:
             st = self.frames.status
             if st.message:
                 raise BackendError(f"cannot run the command in the pod: {st.message}")
-            if st.code == 125:
+            if st.code == FIFO_FAILED:
                 raise BackendError("cannot make the stdin FIFO in the session container")
 
     # -- bytes
@@ -355,22 +393,11 @@ class KubernetesProcess(Process):
         """`kill` inside the container: Kubernetes has no API for signals."""
         if self.pid is None or self._gone or name not in SIGNALS:
             return
-        try:
-            ws = self.api.exec_socket(self.ns, self.pod, self.container,
-                                      ["/bin/sh", "-c", 'kill -s "$1" "$2"', "hatchway",
-                                       name, str(self.pid)],
-                                      stdin=False, stdout=True, stderr=True, tty=False,
-                                      timeout=5)
-        except KubernetesError as e:
-            log.warning("cannot signal %s in pod %s: %s", name, self.pod, e)
-            return
-        try:
-            ws.settimeout(5)
-            frames = ch.Frames(ws)
-            while frames.next() is not None:
-                pass
-        finally:
-            ws.shutdown()
+        self.run_inside(signal_argv(name, self.pid, self.start_time))
+
+    def run_inside(self, argv: list[str]) -> bool:
+        """A helper exec in the session's container, waited for (bounded)."""
+        return run_inside(self.api, self.ns, self.pod, self.container, argv)
 
     def exit_status(self, timeout: float | None = None) -> ExitStatus:
         st = self.frames.status if self.frames else None
@@ -394,5 +421,7 @@ class KubernetesProcess(Process):
         except Exception as e:
             log.warning("cannot delete pod %s: %s", self.pod, e)
 
+
+from . import workspace  # noqa: E402  (it builds on this module's pods and processes)
 
 BACKEND = KubernetesBackend

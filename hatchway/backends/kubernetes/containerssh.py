@@ -29,6 +29,9 @@ def _pod(p: dict, out: dict) -> None:
     kube = out.setdefault("kubernetes", {})
     done = {"disableagent", "agentpath", "idlecommand", "exposeauthmetadataasenv",
             "exposeauthmetadataasannotations", "exposeauthmetadataaslabels"} & set(p)
+    if "createmissingpods" in p:
+        # persistent mode: Hatchway always creates a missing workspace pod
+        done.add("createmissingpods")
     if "spec" in p:
         done.add("spec")
         if not isinstance(p["spec"], dict):

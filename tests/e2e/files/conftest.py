@@ -22,15 +22,29 @@ def tools(stack):
     return tools_image.ensure()
 
 
+@pytest.fixture(scope="session")
+def data_root(stack):
+    """The users' directories live on a nosuid mount, as writable mounts must
+    (hatchway.yaml(5)): a bind of the directory onto itself, remounted
+    nosuid, as an admin's fstab line would make it."""
+    DATA.mkdir(parents=True, exist_ok=True)
+    run(["mount", "--bind", str(DATA), str(DATA)])
+    run(["mount", "-o", "remount,bind,nosuid,nodev", str(DATA)])
+    yield DATA
+    run(["umount", "-l", str(DATA)])
+    shutil.rmtree(DATA, ignore_errors=True)
+
+
 @pytest.fixture(autouse=True)
-def data(hw):
+def data(hw, data_root):
     """alice's /data, empty, as the host sees it (the mount source must exist
     before a session starts)."""
     for user in ("alice", "bob"):
-        shutil.rmtree(DATA / user, ignore_errors=True)
-        (DATA / user).mkdir(parents=True)
-    yield DATA / "alice"
-    shutil.rmtree(DATA, ignore_errors=True)
+        shutil.rmtree(data_root / user, ignore_errors=True)
+        (data_root / user).mkdir(parents=True)
+    yield data_root / "alice"
+    for user in ("alice", "bob"):
+        shutil.rmtree(data_root / user, ignore_errors=True)
 
 
 @pytest.fixture
