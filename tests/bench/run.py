@@ -608,6 +608,9 @@ def main(argv=None) -> int:
         from tests.bench import keys
         keys.measure(hw, table, args.iterations, args.warmup)
 
+    # a bench killed outright (SIGKILL, a lost terminal) cleans nothing: what
+    # its floors left would crowd dockerd (177 containers once wedged its removals)
+    floors.remove_leftovers()
     try:
         hw.start()
         floor.start()
