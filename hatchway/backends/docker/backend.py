@@ -19,7 +19,7 @@ from ..base import Backend, BackendError, Found, Process, SessionSpec
 from ..exec_wrapper import signal_argv
 from . import isolation, workspace
 from .api import ENGINE_DOWN, Docker, DockerError
-from .process import DETACH_KEYS, DockerProcess
+from .process import DETACH_KEYS, DockerProcess, succeeds
 from .settings import NETWORK
 
 log = logging.getLogger("hatchwayd")
@@ -168,7 +168,7 @@ class DockerBackend(Backend):
             for handle in (stream, waiter):
                 if handle is not None:
                     handle.close()
-            _safe(lambda: self.api.remove(cid))
+            succeeds(lambda: self.api.remove(cid))
             raise BackendError(f"cannot start the session's container{_start_error(e)}",
                                f"cannot start the container: {e}") from None
         proc = DockerProcess(self.api, cid, stream, waiter, spec.pty)
@@ -235,7 +235,7 @@ class DockerBackend(Backend):
             if why:
                 log.warning("pulling %s failed (%s); using the local copy", image, why)
             return
-        if why or not _safe(lambda: self.api.image_exists(image)):
+        if why or not succeeds(lambda: self.api.image_exists(image)):
             msg = f"image {image} is not available here and cannot be pulled"
             raise BackendError(msg, msg + (f": {why}" if why else ""))
 
@@ -249,11 +249,11 @@ class DockerBackend(Backend):
                 for c in found]
 
     def remove(self, found: Found) -> bool:
-        return _safe(lambda: self.api.remove(found.name))
+        return succeeds(lambda: self.api.remove(found.name))
 
     def stop(self, found: Found) -> bool:
         """`docker stop`: the workspace's processes end, its file system stays."""
-        return _safe(lambda: self.api.stop(found.name))
+        return succeeds(lambda: self.api.stop(found.name))
 
     def kill_session(self, found: Found, pid: int, start: int | None) -> bool:
         # the workspace says who may signal its sessions' processes (the
@@ -310,14 +310,6 @@ def _socket_access(host: str, user: str = "hatchway") -> list[str]:
         gname = str(st.st_gid)
     return [f"docker: user {user} cannot open {path} (not in its group {gname}): run "
             f"`adduser {user} {gname}`, then restart hatchwayd"]
-
-
-def _safe(fn) -> bool:
-    try:
-        fn()
-        return True
-    except Exception:
-        return False
 
 
 def _safe_value(fn):

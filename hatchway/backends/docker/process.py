@@ -219,7 +219,7 @@ class DockerProcess(Process):
             self._gone = True
         self.stream.close()
         end, pause = time.monotonic() + REMOVE_FOR, 0.2
-        while not _safe(lambda: self.api.remove(self.cid)):
+        while not succeeds(lambda: self.api.remove(self.cid)):
             if time.monotonic() + pause > end:
                 log.warning("could not remove container %s (the engine does not answer); "
                             "the reaper will", self.id)
@@ -228,7 +228,9 @@ class DockerProcess(Process):
             pause = min(pause * 2, 2.0)
 
 
-def _safe(fn) -> bool:
+def succeeds(fn) -> bool:
+    """Whether `fn()` ran without raising: best-effort engine calls (removal,
+    cleanup) whose failure the reaper or a retry takes care of."""
     try:
         fn()
         return True
