@@ -29,7 +29,7 @@ def workspace_config(k8s, tmp, mode: str, **workspace) -> dict:
     c["volumeMounts"] = [{"name": "home", "mountPath": "/root"}]
     cfg["kubernetes"]["pod"]["volumes"] = [{"name": "home", "hostPath": {
         "path": f"{HOMES}/{{user}}", "type": "DirectoryOrCreate"}}]
-    cfg["policy"] = {"mount_prefixes": [str(HOMES)]}
+    cfg["policy"] = dict(cfg.get("policy") or {}, mount_prefixes=[str(HOMES)])
     cfg["session"] = dict(cfg["session"], mode=mode)
     cfg["daemon"] = {"reap_interval": "1s"}
     cfg["workspace"] = workspace
