@@ -16,6 +16,17 @@ sys.path, so there is nothing to import from next to it.
 Wire protocol (version 1), both directions: frames of a 4-byte big-endian
 length followed by that many bytes of UTF-8 JSON, at most MAX_FRAME bytes.
 hatchwayd imports the framing helpers from this file, so there is one copy.
+
+Agent forwarding (`ssh -A`) is an addition to version 1 that both sides opt
+into, so an older daemon or client simply goes without it:
+  - the hello says `"agent": true` when sshd gave this process SSH_AUTH_SOCK;
+  - only then may the daemon send `{"type": "agent", "id": N}`, once for each
+    connection a process in the container opens to its agent socket;
+  - this process answers each with `{"type": "agent", "id": N, "ok": true}`
+    carrying one descriptor (SCM_RIGHTS): a fresh connection to
+    $SSH_AUTH_SOCK, made here, as the user — or `"ok": false` and no descriptor.
+The daemon never learns or opens the host path: a connect by hatchwayd to a
+path the user names could reach another user's agent.
 """
 
 import base64
@@ -36,6 +47,7 @@ VERSION = 1
 MAX_FRAME = 1 << 20          # a 64 KiB command plus a full environment fits easily
 CONNECT_RETRY = 3.0          # seconds to ride over a daemon restart
 FORWARDED = ("HUP", "TERM", "INT", "QUIT")
+AGENT_CONNECT_TIMEOUT = 5.0  # sshd's agent socket answers at once, or not at all
 
 
 def pack(obj):
@@ -86,6 +98,7 @@ def hello():
     pty = os.isatty(0)
     env = dict(os.environ)
     env.pop("SSH_ORIGINAL_COMMAND", None)   # already sent, byte-exact, as command_b64
+    env.pop("SSH_AUTH_SOCK", None)          # a host path: means nothing in the container
     return {
         "type": "hello",
         "v": VERSION,
@@ -95,7 +108,36 @@ def hello():
         "size": window_size(0) if pty else None,
         "env": env,
         "ssh_connection": os.environ.get("SSH_CONNECTION"),
+        "agent": agent_socket() is not None,
     }
+
+
+def agent_socket():
+    """sshd's agent socket for this connection (ssh -A, when allowed), or None."""
+    path = os.environ.get("SSH_AUTH_SOCK")
+    return path if path and path.startswith("/") else None
+
+
+def agent_reply(frame, path):
+    """Answer one agent request: (the reply frame, a connected socket or None).
+    The caller sends the socket's descriptor with the reply, then closes it."""
+    rid = frame.get("id")
+    if not isinstance(rid, int) or isinstance(rid, bool):
+        return None, None                       # not a request we can answer
+    if path is None:
+        return {"type": "agent", "id": rid, "ok": False, "error": "no agent"}, None
+    a = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    a.settimeout(AGENT_CONNECT_TIMEOUT)
+    try:
+        a.connect(path)
+    except OSError as e:
+        a.close()
+        return {"type": "agent", "id": rid, "ok": False,
+                "error": str(e.strerror or e)}, None
+    # A timeout makes the descriptor non-blocking, and the daemon gets this
+    # very open file description: hand it over blocking.
+    a.settimeout(None)
+    return {"type": "agent", "id": rid, "ok": True}, a
 
 
 def fail(message, code=255):
@@ -121,6 +163,20 @@ def connect(path):
             time.sleep(0.1)
 
 
+def answer_agent(s, frame):
+    reply, conn = agent_reply(frame, agent_socket())
+    if reply is None:
+        return
+    try:
+        if conn is not None:
+            socket.send_fds(s, [pack(reply)], [conn.fileno()])
+        else:
+            s.sendall(pack(reply))
+    except OSError:
+        pass    # the daemon side is gone; its EOF is handled in the loop
+    finally:
+        if conn is not None:
+            conn.close()
 def refusal(s):
     """The exit status of an error frame already waiting on `s`, or None."""
     reader = FrameReader()
@@ -193,6 +249,9 @@ def main(argv=None):
             except ValueError as e:
                 return fail("garbled reply from the session daemon: %s" % e)
             for frame in frames:
+                if frame["type"] == "agent":
+                    answer_agent(s, frame)
+                    continue
                 if frame["type"] == "exit":
                     code = frame.get("code")
                     return code & 0xFF if isinstance(code, int) else 255

@@ -38,7 +38,9 @@ def check(config_path):
             problems += _secret_problems(path, key, secret=key in ("key_file", "token_file"))
 
     try:
-        backend_problems, backend_notes = registry.make(cfg).check()
+        backend = registry.make(cfg)
+        backend_problems, backend_notes = backend.check()
+        backend_problems += agent_problems(cfg, backend.agent_forwarding)
     except Exception as e:          # a backend that cannot even be set up
         backend_problems, backend_notes = [f"{cfg.backend}: {e}"], []
     problems += backend_problems
@@ -56,6 +58,25 @@ def check(config_path):
     for p in problems:
         click.echo(f"FAIL {p}")
     sys.exit(1 if problems else 0)
+
+
+def agent_problems(cfg, backend_can: bool) -> list[str]:
+    """session.agent_forwarding turned on (top level or a `groups:` entry)
+    where it cannot work: a backend without it, or a connection/persistent
+    session.mode (agent forwarding is session mode only, daemon/session.py
+    agent_plan).  Either way such `ssh -A` sessions run without an agent."""
+    scopes = [("", {"agent_forwarding": cfg.session.agent_forwarding,
+                    "mode": cfg.session.mode})]
+    scopes += [(f"groups.{name}.", g.get("session") or {}) for name, g in cfg.groups.items()]
+    if not any(s.get("agent_forwarding") for _, s in scopes):
+        return []
+    if not backend_can:
+        return [f"session.agent_forwarding is on, but the {cfg.backend} backend cannot "
+                "forward agents yet (ssh -A sessions run without one)"]
+    return [f"session.agent_forwarding is on, but {where}session.mode is {s['mode']}: "
+            "agent forwarding works in session mode only (those ssh -A sessions run "
+            "without one)"
+            for where, s in scopes if s.get("mode") not in (None, "session")]
 
 
 KEY_HELPER = "hatchway-keys"

@@ -53,6 +53,9 @@ class SessionSpec:
     config: object                 # the typed Config: file, groups, templates, webhook, policy
     labels: dict[str, str] = field(default_factory=dict)
     command: str = "exec"          # shell, exec, sftp, scp, rsync, git (commands.command_class)
+    # host directory to bind-mount read-only at /run/hatchway (daemon/agent.py);
+    # only given to a backend whose `agent_forwarding` is true
+    agent_dir: str | None = None
     sshd: str = ""                 # the SSH connection's sshd process (labels.process_token)
 
 
@@ -95,6 +98,12 @@ class Process(ABC):
     def destroy(self) -> None:
         """Make sure nothing of this session survives.  Idempotent; never raises."""
 
+    def agent_peer_ok(self, pid: int, uid: int) -> bool:
+        """May the process `pid` (host pid, SO_PEERCRED) running as `uid` use
+        this session's agent socket?  Only a process of this container running
+        as root or as the container's user.  Backends without agent
+        forwarding say no."""
+        return False
     def release(self) -> None:
         """After destroy(), once the client has its answer: let go of what the
         session shared (a connection's workspace goes when its last session
@@ -116,6 +125,9 @@ class Backend(ABC):
     """One engine, with the daemon-wide part of the config (where the engine
     is); what a session's container looks like comes with each SessionSpec."""
 
+    # Can mount SessionSpec.agent_dir and answer Process.agent_peer_ok
+    # (daemon/agent.py).  A backend without it refuses `ssh -A` with a note.
+    agent_forwarding = False
     # Can a workspace be stopped and started again (Docker), or is stopping
     # it removing it (a Kubernetes pod)?
     keeps_stopped = False

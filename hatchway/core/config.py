@@ -229,6 +229,11 @@ class Session:
     # pty sessions as asciicast (daemon/recording.py): off, output, or all
     # (output and what the user typed)
     record: str = T("enum", "off", choices=("off", "output", "all"))
+    # `ssh -A` reaching the container (daemon/agent.py): off unless the admin
+    # turns it on here or in a `groups:` entry.  hatchway-keys reads the same
+    # two places to decide whether sshd may forward the agent at all
+    # (keys/compiled_config.py); the config webhook can never turn it on.
+    agent_forwarding: bool = T("bool", False)
     idle_timeout: float = T("duration", 0.0, doc="no byte either way for this long ends it")
     max_duration: float = T("duration", 0.0, doc="a session ends after this long")
 

@@ -28,7 +28,7 @@ import time
 from hatchway.backends import labels, registry
 from hatchway.core import config as config_mod, fsutil
 
-from . import events, live, recording
+from . import agent, events, live, recording
 from .admission import Children, refuse
 
 
@@ -78,6 +78,9 @@ def run_reaper(cfg) -> int:
         for line in backend.tend_workspaces():
             log.info("reaper: workspace %s", line)
         live.sweep(cfg.daemon.socket)
+        for key in agent.sweep(os.path.dirname(cfg.daemon.socket)):
+            log.info("reaper removed the agent directory of %s (its session process is gone)",
+                     key)
         recording.prune(cfg.recordings.dir, cfg.recordings.retention)
     except Exception as e:  # never let a reaper failure escape into a traceback loop
         log.error("reaper failed: %s", e)

@@ -16,6 +16,7 @@ session ends:
 
 from __future__ import annotations
 
+import array
 import errno
 import fcntl
 import logging
@@ -53,6 +54,11 @@ def _grow_pipe(fd: int) -> None:
         pass
 
 
+# Descriptors hatchway-shell may have in flight on the control socket: one per
+# agent answer (shell.py), and it answers one request at a time.
+MAX_FDS = 4
+
+
 @dataclass
 class Outcome:
     status: ExitStatus
@@ -83,6 +89,10 @@ class Relay:
         self.hangup_reason: str | None = None
         self.on_activity = on_activity or (lambda: None)
         self.recorder = recorder
+        # agent forwarding (daemon/agent.py): answer(frame, fd) for `agent`
+        # frames; None when this session has no agent socket
+        self.agent = None
+        self.fds_in: list[int] = []     # descriptors received, not yet claimed by a frame
 
     # -- the two pumps
 
@@ -189,7 +199,14 @@ class Relay:
 
     def _handle(self, frame: dict) -> None:
         kind = frame.get("type")
-        if kind == "resize" and self.pty:
+        if kind == "agent":
+            # An answer carries its descriptor (it arrived with the frame's bytes).
+            fd = self.fds_in.pop(0) if frame.get("ok") is True and self.fds_in else None
+            if self.agent is not None:
+                self.agent.answer(frame, fd)
+            elif fd is not None:
+                os.close(fd)
+        elif kind == "resize" and self.pty:
             size = terminal.size(self.fds[0])   # our own copy is the authority
             if size:
                 self.proc.resize(*size)
@@ -227,20 +244,21 @@ class Relay:
                 if fd == self.wake_r:
                     os.read(self.wake_r, 4096)
                 elif fd == self.control.fileno():
-                    data = b""
-                    try:
-                        data = self.control.recv(65536)
-                    except OSError:
-                        pass
+                    data, garbled = self._read_control()
                     if not data:
                         poller.unregister(self.control)
                         self._hangup("hatchway-shell went away")
                         continue
                     try:
+                        if garbled:
+                            raise ValueError(garbled)
                         for frame in self.reader.feed(data):
                             self._handle(frame)
-                    except (ValueError, UnicodeDecodeError):
-                        log.warning("garbled control frame; ending the session")
+                        if len(self.fds_in) > MAX_FDS:
+                            raise ValueError("descriptors without frames")
+                    except (ValueError, UnicodeDecodeError) as e:
+                        log.warning("garbled control frame (%s); ending the session", e)
+                        poller.unregister(self.control)
                         self._hangup("garbled control stream")
                 elif fd == self.fds[1] and ev & (select.POLLERR | select.POLLHUP):
                     poller.unregister(self.fds[1])
@@ -269,6 +287,24 @@ class Relay:
             status = ExitStatus(LIMIT_EXIT)
         return Outcome(status, hangup, self.hangup_reason)
 
+    def _read_control(self) -> tuple[bytes, str | None]:
+        """Bytes from hatchway-shell and any descriptors that came with them
+        (queued in fds_in, close-on-exec).  The second value names a
+        protocol violation."""
+        try:
+            data, anc, flags, _ = self.control.recvmsg(
+                65536, socket.CMSG_SPACE(MAX_FDS * array.array("i").itemsize),
+                socket.MSG_CMSG_CLOEXEC)
+        except OSError:
+            return b"", None
+        for level, kind, payload in anc:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                fds = array.array("i")
+                fds.frombytes(payload[:len(payload) - len(payload) % fds.itemsize])
+                self.fds_in.extend(fds)
+        if flags & socket.MSG_CTRUNC:
+            return data or b"!", "too many descriptors"
+        return data, None
     def _tell(self, line: str) -> None:
         """One line to the user: on the terminal (raw, so CR LF) or on stderr.
         From a thread, bounded: a client that reads nothing (which is also
@@ -279,6 +315,12 @@ class Relay:
         t.join(1.0)
 
     def close(self) -> None:
+        for fd in self.fds_in:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self.fds_in = []
         for fd in (self.wake_r, self.wake_w):
             try:
                 os.close(fd)

@@ -13,6 +13,7 @@ import fnmatch
 import logging
 import os
 import socket
+import threading
 import time
 
 from hatchway.backends import labels, registry
@@ -20,7 +21,7 @@ from hatchway.backends.base import BackendError, SessionSpec
 from hatchway.core.errors import HatchwayError
 from hatchway.shell import pack
 
-from . import commands, events, live, peer, recording, resolve, sftp_fallback, terminal
+from . import agent, commands, events, live, peer, recording, resolve, sftp_fallback, terminal
 from .limits import Limits
 from .relay import Relay
 
@@ -39,6 +40,8 @@ def filter_env(env: dict, allow: list[str]) -> dict[str, str]:
             continue
         if not k.replace("_", "").isalnum() or len(v) > 4096:
             continue
+        if k == "SSH_AUTH_SOCK":
+            continue        # a host path; the session's own is set by daemon/agent.py
         try:
             v.encode("utf-8")
         except UnicodeEncodeError:      # a non-UTF-8 value from the client
@@ -91,6 +94,27 @@ def end_reason(outcome) -> str:
         "signal" if code > 128 else "normal"
 
 
+def agent_plan(policy: bool, backend_can: bool, mode: str, backend: str,
+               wanted: bool) -> tuple[bool, str | None]:
+    """Whether this session gets the agent directory (and, if the client
+    forwards, its socket), and the one line the user is told when they
+    forwarded an agent that will not reach the container.
+
+    Session mode only: the directory is keyed by the session and removed when
+    it ends, which is right only when the container goes with the session.  A
+    connection or persistent workspace outlives it, and its mount is fixed
+    when it is created, so those sessions run without an agent."""
+    if not policy:
+        return False, None
+    if not backend_can:
+        return False, (f"agent forwarding is not supported on the {backend} backend yet; "
+                       "this session has no agent" if wanted else None)
+    if mode != "session":
+        return False, (f"agent forwarding is not supported in session.mode {mode} yet; "
+                       "this session has no agent" if wanted else None)
+    return True, None
+
+
 class Session:
     def __init__(self, conn: socket.socket, cfg):
         """`cfg`: the daemon's typed Config (before this user's groups,
@@ -101,6 +125,8 @@ class Session:
         self.session_id = os.urandom(16).hex()
         self.relay: Relay | None = None
         self.ending: str | None = None
+        self.agent_wanted = False       # the client forwards its agent (hello "agent")
+        self.send_lock = threading.Lock()
 
     def end(self, reason: str) -> None:
         """End the session as a hangup would, from outside (`hatchway sessions
@@ -111,9 +137,36 @@ class Session:
 
     def reply(self, frame: dict) -> None:
         try:
-            self.conn.sendall(pack(frame))
+            with self.send_lock:
+                self.conn.sendall(pack(frame))
         except OSError:
             pass    # the client died; nothing to tell
+
+    def _agent_request(self, rid: int) -> None:
+        """Ask hatchway-shell for one connection to the client's agent (from
+        an agent thread; raises OSError once the client is gone)."""
+        with self.send_lock:
+            self.conn.sendall(pack({"type": "agent", "id": rid}))
+
+    def _agent_setup(self, spec, backend):
+        """The per-container directory (mounted when the policy allows agent
+        forwarding, whether or not this client forwards: a container may
+        outlive this session) and this session's socket, if the client forwards
+        its agent.  Returns (directory or None, AgentServer or None)."""
+        on, note = agent_plan(spec.config.session.agent_forwarding, backend.agent_forwarding,
+                              spec.config.session.mode, spec.config.backend, self.agent_wanted)
+        if note:
+            Relay._write_all(self.fds[2], f"hatchway: {note}\n".encode())
+        if not on:
+            return None, None
+        run_dir = os.path.dirname(self.cfg.daemon.socket)
+        spec.agent_dir = agent.container_dir(run_dir, spec.session_id)
+        if not self.agent_wanted:
+            return spec.agent_dir, None
+        server = agent.AgentServer(spec.agent_dir, spec.session_id, self._agent_request,
+                                   lambda pid, uid: False)      # until the container exists
+        spec.env["SSH_AUTH_SOCK"] = server.container_path
+        return spec.agent_dir, server
 
     def run(self) -> None:
         started = time.monotonic()
@@ -133,9 +186,19 @@ class Session:
             user=spec.user, session=spec.session_id, connection=spec.connection_id,
             remote=spec.remote_address, kind=spec.kind, pty="yes" if spec.pty else "no",
             **what))
+        agent_dir = agent_server = None
         try:
-            proc = registry.make(spec.config).start(spec)
-        except BackendError as e:
+            backend = registry.make(spec.config)
+            agent_dir, agent_server = self._agent_setup(spec, backend)
+            proc = backend.start(spec)
+        except (BackendError, OSError, ValueError) as e:
+            if agent_server:
+                agent_server.close()
+            if agent_dir:
+                agent.remove_dir(agent_dir)
+            if not isinstance(e, BackendError):
+                log.error("agent socket for session=%s: %s", spec.session_id, e)
+                e = BackendError("cannot set up agent forwarding for this session")
             log.warning("session failed user=%s session=%s: %s", spec.user, spec.session_id,
                         e.log_reason)
             events.emit(socket_path, {"e": "create_failed", **what})
@@ -150,6 +213,10 @@ class Session:
             # the policy asks for a recording: no recording, no session
             log.error("cannot record session=%s user=%s: %s", spec.session_id, spec.user, e)
             proc.destroy()
+            if agent_server:
+                agent_server.close()
+            if agent_dir:
+                agent.remove_dir(agent_dir)
             events.emit(socket_path, {"e": "refused", "reason": "recording"})
             self.reply({"type": "error", "code": 255,
                         "message": "this session must be recorded, and it cannot be now"})
@@ -165,11 +232,21 @@ class Session:
         relay = self.relay = Relay(proc, self.fds, spec.pty, self.conn, reader, pending,
                                    s.stop_grace, on_activity=record.touch, recorder=recorder,
                                    limits=Limits(s.idle_timeout, s.max_duration))
+        if agent_server:
+            agent_server.peer_ok = proc.agent_peer_ok
+            relay.agent = agent_server
+            agent_server.start()
+            log.info("agent forwarding session=%s socket=%s", spec.session_id,
+                     agent_server.path)
         if self.ending:
             relay.end(self.ending)
         outcome = None
         try:
             outcome = relay.run()
+            if agent_server:
+                # before the exit status: once the client has it, its agent
+                # (sshd's socket) is gone anyway
+                agent_server.close()
             note = outcome.status.note
             if outcome.reason == "killed":
                 note = "this session was ended by an administrator"
@@ -187,7 +264,11 @@ class Session:
                         "code": 255})
         finally:
             # The client has its answer; removing the container is not its wait.
+            if agent_server:
+                agent_server.close()
             proc.destroy()
+            if agent_dir:
+                agent.remove_dir(agent_dir)     # session mode: the container is gone
             relay.close()
             record.remove()
             if recorder:
@@ -225,6 +306,7 @@ class Session:
         self.conn.settimeout(None)
         pty = hello.get("pty") is True
         peer.check_fds(self.fds, uid, pty)
+        self.agent_wanted = hello.get("agent") is True
 
         raw = hello.get("command_b64")
         if raw is not None and not isinstance(raw, str):

@@ -54,9 +54,36 @@ def _schema_id() -> list:
             for st in map(os.stat, schema_files())]
 
 
+def agent_policy(cfg: dict) -> dict:
+    """What decides whether a user's key line may carry `agent-forwarding`:
+    the file's `session.agent_forwarding` and, in file order, every `groups:`
+    entry that sets it (the daemon merges groups the same way, daemon/resolve.py)."""
+    groups = [[name, g["session"]["agent_forwarding"]]
+              for name, g in (cfg.get("groups") or {}).items()
+              if isinstance((g or {}).get("session"), dict)
+              and isinstance(g["session"].get("agent_forwarding"), bool)]
+    return {"default": cfg["session"]["agent_forwarding"] is True, "groups": groups}
+
+
+def agent_allowed(policy: dict, groups: list[str]) -> bool:
+    """`agent_policy`'s answer for a user in `groups` (names)."""
+    allowed = policy.get("default") is True
+    for name, value in policy.get("groups") or []:
+        if name in groups:
+            allowed = value is True
+    return allowed
+
+
 def load_auth(path: str, state_dir: str = DEFAULT_DIR) -> tuple[dict, bool]:
     """(the validated `auth` section, whether it came from the stored copy).
     Raises ConfigError like config.load."""
+    conf, cached = load(path, state_dir)
+    return conf["auth"], cached
+
+
+def load(path: str, state_dir: str = DEFAULT_DIR) -> tuple[dict, bool]:
+    """({"auth": the validated `auth` section, "agent": agent_policy()},
+    whether it came from the stored copy).  Raises ConfigError like config.load."""
     try:
         with open(path, "rb") as f:
             raw = f.read()
@@ -71,8 +98,9 @@ def load_auth(path: str, state_dir: str = DEFAULT_DIR) -> tuple[dict, bool]:
         try:
             with open(stored, encoding="utf-8") as f:
                 entry = json.load(f)
-            if entry.get("tag") == tag and isinstance(entry.get("auth"), dict):
-                return entry["auth"], True
+            if entry.get("tag") == tag and isinstance(entry.get("auth"), dict) \
+                    and isinstance(entry.get("agent"), dict):
+                return {"auth": entry["auth"], "agent": entry["agent"]}, True
         except (OSError, ValueError, AttributeError, RecursionError):
             pass
     try:
@@ -80,10 +108,11 @@ def load_auth(path: str, state_dir: str = DEFAULT_DIR) -> tuple[dict, bool]:
     except UnicodeDecodeError as e:
         raise ConfigError(f"{path}: cannot read config: {e}") from None
     from hatchway.core import config as config_mod
-    auth = config_mod.load_text(text, path)["auth"]
+    cfg = config_mod.load_text(text, path)
+    conf = {"auth": cfg["auth"], "agent": agent_policy(cfg)}
     if usable:
-        _store(stored, {"tag": tag, "auth": auth})
-    return auth, False
+        _store(stored, {"tag": tag, **conf})
+    return conf, False
 
 
 def _store(path: str, entry: dict) -> None:

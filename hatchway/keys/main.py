@@ -167,8 +167,31 @@ def decide(argv: list[str], conf: dict) -> tuple[Decision, dict]:
     return decision, info
 
 
-def authorized_line(argv: list[str], decision: Decision) -> str:
-    opts = ",".join([OPTIONS, *decision.options])
+def agent_forwarding(user: str, policy: dict) -> bool:
+    """May sshd forward this user's agent?  Only if the admin's file config
+    says so for the user or one of the user's groups; the daemon decides again
+    per session (and the webhook cannot widen it: see core/config.py)."""
+    if policy.get("default") is not True and not policy.get("groups"):
+        return False        # the usual case: no group lookup at all
+    import grp
+    import pwd
+    try:
+        pw = pwd.getpwnam(user)
+    except KeyError:
+        return False
+    names = []
+    for gid in os.getgrouplist(user, pw.pw_gid):
+        try:
+            names.append(grp.getgrgid(gid).gr_name)
+        except KeyError:
+            pass
+    return compiled_config.agent_allowed(policy, names)
+
+
+def authorized_line(argv: list[str], decision: Decision, agent: bool = False) -> str:
+    # `restrict` turns every forwarding off; `agent-forwarding` after it turns
+    # the agent back on, and nothing else.
+    opts = ",".join([OPTIONS, *(["agent-forwarding"] if agent else []), *decision.options])
     return f"{opts} {argv[1]} {argv[2]}\n"
 
 
@@ -191,10 +214,9 @@ def main(argv: list[str] | None = None) -> int:
     # sshd gives this process a fixed environment (PATH, USER, HOME, LANG); the
     # variables are for running the helper by hand against another config.
     try:
-        auth, _ = compiled_config.load_auth(
+        conf, _ = compiled_config.load(
             os.environ.get("HATCHWAY_CONFIG") or compiled_config.CONFIG_PATH,
             os.environ.get("HATCHWAY_KEYS_DIR") or compiled_config.DEFAULT_DIR)
-        conf = {"auth": auth}
     except ConfigError as e:
         log(f"decision=deny reason=\"config: {e}\"", syslog.LOG_ERR)
         return 0
@@ -216,7 +238,13 @@ def main(argv: list[str] | None = None) -> int:
         syslog.LOG_INFO if decision.allowed else syslog.LOG_NOTICE)
     if decision.allowed:
         try:
-            os.write(1, authorized_line(argv, decision).encode())
+            agent = agent_forwarding(argv[0], conf["agent"])
+        except Exception as e:     # a broken NSS answer: no agent, still a yes
+            log(f"user={argv[0]} agent forwarding off: {type(e).__name__}: {e}",
+                syslog.LOG_WARNING)
+            agent = False
+        try:
+            os.write(1, authorized_line(argv, decision, agent).encode())
         except OSError:
             pass
     return 0

@@ -26,16 +26,25 @@ CACHE = Path(os.environ.get("HATCHWAY_TEST_CACHE", "/var/cache/hatchway-test")) 
 MIRROR = os.environ.get("HATCHWAY_TEST_MIRROR", "http://deb.debian.org/debian")
 SUITE = "bookworm"
 PACKAGES = ("openssh-sftp-server", "rsync", "git")
+# The forwarding tests also need an ssh client and ssh-add in the container
+# (a git push over ssh through the forwarded agent): a second recipe, so the
+# image every other test uses stays as it is.
+SSH_PACKAGES = PACKAGES + ("openssh-client",)
 # bump to rebuild the cached root everywhere
 REVISION = 1
 
 
-def key() -> str:
-    text = f"{SUITE} {' '.join(sorted(PACKAGES))} {REVISION} {MIRROR}"
+def key(packages: tuple = PACKAGES) -> str:
+    text = f"{SUITE} {' '.join(sorted(packages))} {REVISION} {MIRROR}"
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
-IMAGE = f"hatchway/tools:{key()}"
+def image(packages: tuple = PACKAGES) -> str:
+    return f"hatchway/tools:{key(packages)}"
+
+
+IMAGE = image()
+SSH_IMAGE = image(SSH_PACKAGES)
 
 
 def _run(argv, timeout=1800) -> subprocess.CompletedProcess:
@@ -51,21 +60,23 @@ def _image_exists(image: str) -> bool:
                           timeout=60).returncode == 0
 
 
-def ensure() -> str:
-    """The tools image's name, built (or imported from the cache) if missing."""
-    if _image_exists(IMAGE):
-        return IMAGE
+def ensure(packages: tuple = PACKAGES) -> str:
+    """The tools image's name (of the recipe `packages`), built (or imported
+    from the cache) if missing."""
+    name = image(packages)
+    if _image_exists(name):
+        return name
     CACHE.mkdir(parents=True, exist_ok=True)
     with open(CACHE / ".lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if not _image_exists(IMAGE):
-            _import(rootfs())
-    return IMAGE
+        if not _image_exists(name):
+            _import(rootfs(packages), name, packages)
+    return name
 
 
-def rootfs() -> Path:
+def rootfs(packages: tuple = PACKAGES) -> Path:
     """The cached root file system tarball; built with the lock held."""
-    tarball = CACHE / f"{SUITE}-tools-{key()}.tar"
+    tarball = CACHE / f"{SUITE}-tools-{key(packages)}.tar"
     if tarball.exists():
         os.utime(tarball)               # in use: not to be pruned
         return tarball
@@ -78,7 +89,7 @@ def rootfs() -> Path:
         debs = CACHE / "apt"
         debs.mkdir(exist_ok=True)
         _run(["nice", "-n", "10", "debootstrap", "--variant=minbase",
-              f"--include={','.join(PACKAGES)}", f"--cache-dir={debs}",
+              f"--include={','.join(packages)}", f"--cache-dir={debs}",
               SUITE, str(root), MIRROR])
         # what a container never needs (and what makes the image bigger)
         for sub in ("var/lib/apt/lists", "usr/share/doc", "usr/share/man", "usr/share/info"):
@@ -91,14 +102,15 @@ def rootfs() -> Path:
         shutil.rmtree(work, ignore_errors=True)
     print(f"\n[tools image] built {tarball.name} in {time.monotonic() - started:.0f}s")
     for old in CACHE.glob(f"{SUITE}-tools-*.tar"):
-        if old != tarball and time.time() - old.stat().st_mtime > 7 * 86400:
+        current = old.name.rsplit("-", 1)[-1][:-4] in (key(), key(SSH_PACKAGES))
+        if old != tarball and not current and time.time() - old.stat().st_mtime > 7 * 86400:
             old.unlink(missing_ok=True)
     return tarball
 
 
-def _import(tarball: Path) -> None:
+def _import(tarball: Path, name: str, packages: tuple) -> None:
     _run(["docker", "import",
           "-c", "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
           "-c", "ENV LANG=C.UTF-8", "-c", "WORKDIR /root", "-c", 'CMD ["/bin/sh"]',
-          "-m", f"Hatchway test image: Debian {SUITE} minbase + {' '.join(PACKAGES)}",
-          str(tarball), IMAGE], timeout=600)
+          "-m", f"Hatchway test image: Debian {SUITE} minbase + {' '.join(packages)}",
+          str(tarball), name], timeout=600)

@@ -50,10 +50,12 @@ def assert_dropin_applies_to_members_only(root: Root) -> None:
     assert alice["authorizedkeyscommand"].startswith(f"{KEYS} %u %t %k")
     assert alice["authorizedkeyscommanduser"] == "hatchway-keys"
     assert alice["authorizedkeysfile"] == "none"
-    for key in ("allowtcpforwarding", "allowagentforwarding", "allowstreamlocalforwarding",
+    for key in ("allowtcpforwarding", "allowstreamlocalforwarding",
                 "x11forwarding", "permittunnel", "passwordauthentication", "permituserrc"):
         assert alice[key] == "no", key
-    assert alice["disableforwarding"] == "yes"
+    # the agent's maximum only: key lines start with `restrict` (hatchway-keys)
+    assert alice["allowagentforwarding"] == "yes"
+    assert alice["disableforwarding"] == "no"
     for other in (carol, rootuser):
         assert other["forcecommand"] == "none"
         assert other["authorizedkeyscommand"] == "none"

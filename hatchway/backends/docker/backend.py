@@ -30,6 +30,7 @@ log = logging.getLogger("hatchwayd")
 # the command.  (Exec and shell sessions need /bin/sh anyway; without stty the
 # size still arrives by the resize after the start.)
 SIZED = 'stty rows "$1" cols "$2" 2>/dev/null; shift 2; exec "$@"'
+AGENT_TARGET = "/run/hatchway"      # = daemon/agent.py IN_CONTAINER
 
 
 def api_for(d) -> Docker:
@@ -66,6 +67,12 @@ def container_spec(spec: SessionSpec) -> dict:
         host["SecurityOpt"] = ["no-new-privileges"]
     if d.mounts:
         host["Mounts"] = list(d.mounts)
+    if spec.agent_dir:
+        # read-only: the host side listens in there and must never find
+        # anything the container made (a symlink to a host socket, say)
+        host.setdefault("Mounts", []).append(
+            {"Type": "bind", "Source": spec.agent_dir, "Target": AGENT_TARGET,
+             "ReadOnly": True})
     # what the policy (backends/docker/policy.py) has already allowed
     if d.privileged:
         host["Privileged"] = True

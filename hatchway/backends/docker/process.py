@@ -26,6 +26,26 @@ RECV_BUFFER = 1 << 20       # one recv_into may bring this much output
 REMOVE_FOR = 60.0
 
 
+def _in_container(pid: int, cid: str) -> bool | None:
+    """Is `pid` in container `cid`?  None: this process cannot see it."""
+    try:
+        with open(f"/proc/{pid}/cgroup", encoding="ascii", errors="replace") as f:
+            return any(cid in line for line in f)
+    except OSError:
+        return None
+
+
+def _real_uid(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("Uid:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 class DockerProcess(Process):
     def __init__(self, api: Docker, cid: str, stream: Stream, waiter: WaitHandle, tty: bool):
         self.api = api
@@ -41,8 +61,34 @@ class DockerProcess(Process):
         self._pos = self._end = 0       # unparsed bytes: _buf[_pos:_end]
         self._gone = False
         self._lock = threading.Lock()
+        self._user_uid: int | None = None
 
     # -- bytes
+
+    def agent_peer_ok(self, pid: int, uid: int) -> bool:
+        # In this container: its cgroup path names the container's full id
+        # (cgroup v1 and v2, cgroupfs and systemd drivers alike).  Under the
+        # packaged unit (ProtectProc=invisible) other uids' processes are not
+        # in /proc at all; then what remains is that only this container (and
+        # root and hatchway on the host) can reach the socket's directory.
+        if _in_container(pid, self.cid) is False:
+            return False
+        return uid == 0 or uid == self._container_uid()
+
+    def _container_uid(self) -> int | None:
+        """The uid the container's processes run as: its first process's
+        (docker-init or the command) as the kernel has it, so a user name only
+        the image's /etc/passwd knows needs no lookup; failing that, a numeric
+        `User` (or none: root).  None: only root may use the agent."""
+        if self._user_uid is None:
+            info = (self.api.inspect(self.cid) if not self._gone else None) or {}
+            pid = (info.get("State") or {}).get("Pid")
+            if isinstance(pid, int) and pid > 0:
+                self._user_uid = _real_uid(pid)
+            if self._user_uid is None:
+                user = str((info.get("Config") or {}).get("User") or "0").split(":")[0]
+                self._user_uid = int(user) if user.isdigit() else None
+        return self._user_uid
 
     def send(self, data: bytes) -> None:
         self.stream.sock.sendall(data)
