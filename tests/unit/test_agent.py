@@ -295,6 +295,14 @@ def test_session_mode_forwards_and_the_policy_and_backend_still_decide_first():
     assert not on and "kubernetes backend" in note
 
 
+def test_the_docker_backend_says_it_forwards_agents():
+    # The merge into main once lost this one attribute, and every e2e agent
+    # test then failed with "not supported on the docker backend".
+    from hatchway.backends import registry
+    assert registry.backend_class("docker").agent_forwarding is True
+    assert registry.backend_class("kubernetes").agent_forwarding is False
+
+
 def _cfg(agent=False, mode="session", groups=None, backend="docker"):
     return SimpleNamespace(session=SimpleNamespace(agent_forwarding=agent, mode=mode),
                            groups=groups or {}, backend=backend)

@@ -120,6 +120,7 @@ def container_name(spec: SessionSpec) -> str:
 
 class DockerBackend(Backend):
     keeps_stopped = True        # a stopped workspace keeps its file system
+    agent_forwarding = True     # the agent directory is a bind mount (see AGENT_TARGET)
 
     def __init__(self, cfg):
         super().__init__(cfg)
