@@ -119,7 +119,10 @@ class Soak:
             p = run(["pgrep", "-n", "-u", user, "-f", "hatchway-shell"], check=False)
             pid = int(p.stdout) if p.returncode == 0 else None
         else:
-            found = self.engine.containers()
+            try:
+                found = self.engine.containers()
+            except RuntimeError:
+                return False        # dockerd is down (its restart): nothing to aim at
             mine = [c for c in found if f"io.hatchway.user={user}" in c["Labels"]]
             pid = None
             for c in mine:
@@ -261,9 +264,11 @@ class Soak:
                 rows, cols = rng.randint(10, 80), rng.randint(20, 250)
                 c.setwinsize(rows, cols)
                 # ssh sends the new size when its SIGWINCH handler has run,
-                # which a command typed at once may overtake: ask again
-                for attempt in range(5):
-                    time.sleep(0.3)
+                # which a command typed at once may overtake, and the resize
+                # is an Engine API call that waits behind dockerd's other
+                # work at twenty sessions at once: ask again, for ~8 s
+                for attempt, pause in enumerate((0.3, 0.3, 0.5, 0.5, 1, 1, 2, 2)):
+                    time.sleep(pause)
                     c.sendline(f"stty size; echo m{i}.{attempt}")
                     c.expect(rf"(\d+) (\d+)\r\nm{i}\.{attempt}")
                     if c.match.group(1, 2) == (b"%d" % rows, b"%d" % cols):
@@ -320,7 +325,9 @@ class Soak:
         (local if up else host_side).write_bytes(data)
         opts = self.options(user)
         remote = f"{user}@127.0.0.1:/data/f"
-        argv = ["scp", "-q", "-O", "-P", str(SSHD_PORT), *opts,
+        # no -q: scp passes it on to ssh, which would then hide sshd's
+        # refusal of the key while the webhook is down (a clear line)
+        argv = ["scp", "-O", "-P", str(SSHD_PORT), *opts,
                 *((str(local), remote) if up else (remote, str(local)))]
         began = time.monotonic()
         p = self.popen(argv, stdin=subprocess.DEVNULL)
