@@ -134,7 +134,11 @@ class Relay:
         from hatchway.backends.docker.backend import api_for
         from hatchway.core import config as config_mod
         cfg = config_mod.load(self.config_path)
-        policy, api = file_policy(cfg), api_for(config_mod.typed(cfg).docker)
+        if cfg["backend"] != "docker":
+            policy = {"default": False, "groups": []}   # Docker only (README)
+        else:
+            policy = file_policy(cfg)
+        api = api_for(config_mod.typed(cfg).docker)
         with self.lock:
             self._conf_tag, self._policy, self._api = tag, policy, api
         return policy, api
