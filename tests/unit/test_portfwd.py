@@ -258,3 +258,24 @@ def test_stale_sshd_processes_are_found_by_name_and_real_uid(tmp_path):
     proc(13, "sshd", 1099)
     (tmp_path / "self").mkdir()
     assert netguard.sshd_pids({1014}, str(tmp_path)) == [10]
+
+
+def test_check_reports_port_forwarding_where_it_cannot_work(tmp_path):
+    from types import SimpleNamespace
+
+    from hatchway.admin.check_cmd import port_problems
+
+    def cfg(on=False, backend="docker", groups=None):
+        return SimpleNamespace(session=SimpleNamespace(port_forwarding=on), backend=backend,
+                               groups=groups or {})
+    uids = tmp_path / "uids"
+    uids.write_text("1000\n")
+    assert port_problems(cfg(), str(uids)) == []
+    assert port_problems(cfg(True), str(uids), busybox="/bin/sh") == []
+    [p] = port_problems(cfg(True), str(tmp_path / "none"), busybox="/bin/sh")
+    assert "hatchway-netguard is not running" in p
+    [p] = port_problems(cfg(groups={"dev": {"session": {"port_forwarding": True}}},
+                            backend="kubernetes"), str(uids))
+    assert "kubernetes backend" in p
+    [p] = port_problems(cfg(True), str(uids), busybox=str(tmp_path / "nobusybox"))
+    assert "busybox-static" in p
