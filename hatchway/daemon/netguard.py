@@ -178,11 +178,11 @@ class Guard:
     def _wait_applied(self, uids: set[int]) -> None:
         end = time.monotonic() + 10
         while not self._table_has(uids):
-            if self.nft.poll() is not None or time.monotonic() > end:
-                raise SystemExit("hatchway-netguard: nft did not load the table: "
-                                 + self.nft.stderr.read().decode(errors="replace")[-500:]
-                                 if self.nft.poll() is not None else
-                                 "hatchway-netguard: nft did not load the table in 10 s")
+            if self.nft.poll() is not None:
+                err = self.nft.stderr.read().decode(errors="replace").strip()[-500:]
+                raise SystemExit(f"hatchway-netguard: nft did not load the table: {err}")
+            if time.monotonic() > end:
+                raise SystemExit("hatchway-netguard: nft did not load the table in 10 s")
             time.sleep(0.05)
 
     def _publish(self) -> None:
