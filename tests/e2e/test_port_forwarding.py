@@ -35,19 +35,26 @@ def netguard(stack):
         stack.stop_netguard()
 
 
+class _Secret(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200)
+        self.end_headers()
+        self.wfile.write(SECRET)
+
+    def log_message(self, *a):
+        pass
+
+
+def serve_secret(addr: str) -> http.server.ThreadingHTTPServer:
+    srv = http.server.ThreadingHTTPServer((addr, 0), _Secret)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    return srv
+
+
 @pytest.fixture
 def host_secret():
-    """A service on the host's loopback only: (port)."""
-    class H(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            self.send_response(200)
-            self.end_headers()
-            self.wfile.write(SECRET)
-
-        def log_message(self, *a):
-            pass
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    """A service on the host's loopback only: its port."""
+    srv = serve_secret("127.0.0.1")
     try:
         yield srv.server_address[1]
     finally:
@@ -277,3 +284,39 @@ def test_without_the_guard_no_forwarding_option_is_given(hw, netguard, host_secr
                  what="hatchway-keys to log why")
     finally:
         hw.start_netguard()
+
+
+def as_user(user: str, *argv) -> subprocess.CompletedProcess:
+    """A host process of `user`, as sshd's per-connection child is one."""
+    return subprocess.run(["setpriv", f"--reuid={user}", f"--regid={user}", "--init-groups",
+                           *argv], capture_output=True, timeout=60)
+
+
+@pytest.mark.config(PORTS_ON)
+def test_the_table_touches_covered_users_only_and_rejects_their_other_traffic(hw, host_secret):
+    bridge = run(["ip", "-4", "-o", "addr", "show", "docker0"]).stdout.split()[3].split("/")[0]
+    anywhere = serve_secret("0.0.0.0")
+    try:
+        port = anywhere.server_address[1]
+        # carol is no Hatchway user: her loopback and the bridge are the host's as ever
+        for url in (f"http://127.0.0.1:{host_secret}/", f"http://{bridge}:{port}/"):
+            r = as_user("carol", "curl", "-sS", "--max-time", "10", url)
+            assert r.stdout == SECRET, (url, r)
+        # alice's connects to loopback go to the relay (she has no container:
+        # closed at once), and to anything else are rejected
+        for url in (f"http://127.0.0.1:{host_secret}/", f"http://[::1]:{host_secret}/",
+                    f"http://{bridge}:{port}/"):
+            r = as_user("alice", "curl", "-sS", "--max-time", "10", url)
+            assert SECRET not in r.stdout and r.returncode != 0, (url, r)
+    finally:
+        anywhere.shutdown()
+        anywhere.server_close()
+
+
+def test_the_relay_answers_nothing_it_cannot_attribute(hw):
+    """A direct connect to the relay port (no redirect, so no original
+    destination) gets neither the canary banner nor a forward."""
+    with socket.create_connection(("127.0.0.1", 870), timeout=10) as s:
+        s.settimeout(10)
+        s.sendall(b"GET / HTTP/1.0\r\n\r\n")
+        assert s.recv(100) == b""
