@@ -82,14 +82,14 @@ test: lint deb
 
 # Benchmarks print ratios against floors measured in the same run; see tests/bench/run.py.
 bench: deb
-	$(LOCK) sh -c '$(MAKE) --no-print-directory install && $(PYTHON) -m tests.bench.run $(BENCH_ARGS)'
+	$(LOCK) sh -c '$(MAKE) --no-print-directory install && tests/setup/services && $(PYTHON) -m tests.bench.run $(BENCH_ARGS)'
 
 # Sustained mixed load with faults injected on the installed stack, then
 # figures; non-zero exit if a session failed without a clear line, a transfer
 # was not byte-exact or anything was left behind (tests/soak/soak.py; not part
 # of `make test`).  SOAK_ARGS="--sessions 200 --concurrency 20 --max-time 900".
 soak: deb
-	$(LOCK) sh -c '$(MAKE) --no-print-directory install && $(PYTHON) -m tests.soak.soak $(SOAK_ARGS)'
+	$(LOCK) sh -c '$(MAKE) --no-print-directory install && tests/setup/services && $(PYTHON) -m tests.soak.soak $(SOAK_ARGS)'
 
 clean:
 	rm -rf dist build .pybuild *.egg-info

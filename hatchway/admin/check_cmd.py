@@ -63,21 +63,14 @@ def check(config_path):
 
 def agent_problems(cfg, backend_can: bool) -> list[str]:
     """session.agent_forwarding turned on (top level or a `groups:` entry)
-    where it cannot work: a backend without it, or a connection/persistent
-    session.mode (agent forwarding is session mode only, daemon/session.py
-    agent_plan).  Either way such `ssh -A` sessions run without an agent."""
-    scopes = [("", {"agent_forwarding": cfg.session.agent_forwarding,
-                    "mode": cfg.session.mode})]
-    scopes += [(f"groups.{name}.", g.get("session") or {}) for name, g in cfg.groups.items()]
-    if not any(s.get("agent_forwarding") for _, s in scopes):
+    on a backend that cannot forward agents: such `ssh -A` sessions run
+    without one."""
+    scopes = [cfg.session.agent_forwarding]
+    scopes += [(g.get("session") or {}).get("agent_forwarding") for g in cfg.groups.values()]
+    if not any(scopes) or backend_can:
         return []
-    if not backend_can:
-        return [f"session.agent_forwarding is on, but the {cfg.backend} backend cannot "
-                "forward agents yet (ssh -A sessions run without one)"]
-    return [f"session.agent_forwarding is on, but {where}session.mode is {s['mode']}: "
-            "agent forwarding works in session mode only (those ssh -A sessions run "
-            "without one)"
-            for where, s in scopes if s.get("mode") not in (None, "session")]
+    return [f"session.agent_forwarding is on, but the {cfg.backend} backend cannot "
+            "forward agents yet (ssh -A sessions run without one)"]
 
 
 def port_problems(cfg, uids_file: str | None = None, busybox: str = "/bin/busybox") -> list[str]:

@@ -167,6 +167,10 @@ class Record:
     def meta(self) -> dict:
         return _read(self.base + ".json") or {}
 
+    def exists(self) -> bool:
+        """Whether the workspace is on record (forget() ends that)."""
+        return os.path.exists(self.base + ".json")
+
     def set_meta(self, **values) -> None:
         _make_dir(self.root, self.root)
         self._write(self.base + ".json", dict(self.meta(), **values))

@@ -28,6 +28,7 @@ import shutil
 import socket
 import stat
 import threading
+import time
 
 from hatchway.backends import labels
 
@@ -35,14 +36,17 @@ log = logging.getLogger("hatchwayd")
 
 IN_CONTAINER = "/run/hatchway"      # where the container sees its directory
 OWNER = "owner"                      # file naming the session process that made the dir
+WORKSPACE = "workspace"              # ... or saying it is a workspace's (kept while that is)
 ANSWER_TIMEOUT = 10.0                # hatchway-shell connects to a local socket: quick or never
+FRESH = 300.0                        # seconds a new workspace's directory is safe from the sweep
 MAX_WAITING = 16                     # unanswered requests before new ones are refused
 
 
-def container_dir(run_dir: str, key: str) -> str:
+def container_dir(run_dir: str, key: str, owner: str | None = None) -> str:
     """Create (or find) the per-container directory: <run_dir>/ctr/<key>,
     0711 (the container's non-root user must reach its socket through the
-    mount), inside a 0700 ctr/ so no host user can."""
+    mount), inside a 0700 ctr/ so no host user can.  `owner`: what keeps it
+    from the sweep, this session process unless given (WORKSPACE)."""
     if not key or "/" in key or key in (".", ".."):
         raise ValueError(f"bad container key {key!r}")
     ctr = os.path.join(run_dir, "ctr")
@@ -57,7 +61,7 @@ def container_dir(run_dir: str, key: str) -> str:
             raise ValueError(f"{path} exists and is not this daemon's directory") from None
     os.chmod(path, 0o711)
     with open(os.path.join(path, OWNER), "w", encoding="ascii") as f:
-        f.write(labels.process_token(os.getpid()))
+        f.write(owner or labels.process_token(os.getpid()))
     return path
 
 
@@ -65,9 +69,10 @@ def remove_dir(path: str) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
 
-def sweep(run_dir: str) -> list[str]:
+def sweep(run_dir: str, workspace_alive) -> list[str]:
     """Remove the directories of session processes that no longer exist
-    (a crashed session cannot clean up after itself).  Returns the removed keys."""
+    (a crashed session cannot clean up after itself), and of workspaces
+    `workspace_alive(key)` says are gone.  Returns the removed keys."""
     ctr = os.path.join(run_dir, "ctr")
     removed = []
     try:
@@ -81,10 +86,23 @@ def sweep(run_dir: str) -> list[str]:
                 token = f.read().strip()
         except OSError:
             token = ""
-        if not labels.process_alive(token):
+        if token == WORKSPACE:
+            # A first login writes the owner file before its workspace is on
+            # record (backends/workspaces.py): a fresh one is kept.
+            alive = workspace_alive(key) or _age(os.path.join(path, OWNER)) < FRESH
+        else:
+            alive = labels.process_alive(token)
+        if not alive:
             remove_dir(path)
             removed.append(key)
     return removed
+
+
+def _age(path: str) -> float:
+    try:
+        return time.time() - os.stat(path).st_mtime
+    except OSError:
+        return float("inf")
 
 
 def socket_name(session_id: str) -> str:

@@ -26,6 +26,7 @@ import sys
 import time
 
 from hatchway.backends import labels, registry
+from hatchway.backends import workspaces as W
 from hatchway.core import config as config_mod, fsutil
 
 from . import agent, events, live, recording
@@ -78,14 +79,22 @@ def run_reaper(cfg) -> int:
         for line in backend.tend_workspaces():
             log.info("reaper: workspace %s", line)
         live.sweep(cfg.daemon.socket)
-        for key in agent.sweep(os.path.dirname(cfg.daemon.socket)):
-            log.info("reaper removed the agent directory of %s (its session process is gone)",
-                     key)
+        for key in agent.sweep(os.path.dirname(cfg.daemon.socket),
+                               lambda name: workspace_on_record(cfg, name)):
+            log.info("reaper removed the agent directory of %s (its session or workspace "
+                     "is gone)", key)
         recording.prune(cfg.recordings.dir, cfg.recordings.retention)
     except Exception as e:  # never let a reaper failure escape into a traceback loop
         log.error("reaper failed: %s", e)
     finally:
         os._exit(0)
+
+
+def workspace_on_record(cfg, name: str) -> bool:
+    try:
+        return W.Record(name, W.root_for(cfg)).exists()
+    except ValueError:
+        return False        # not a workspace's name
 
 
 class MetricsProcess:

@@ -17,6 +17,7 @@ import threading
 import time
 
 from hatchway.backends import labels, registry
+from hatchway.backends import workspaces as W
 from hatchway.backends.base import BackendError, SessionSpec
 from hatchway.core.errors import HatchwayError
 from hatchway.shell import pack
@@ -94,23 +95,15 @@ def end_reason(outcome) -> str:
         "signal" if code > 128 else "normal"
 
 
-def agent_plan(policy: bool, backend_can: bool, mode: str, backend: str,
+def agent_plan(policy: bool, backend_can: bool, backend: str,
                wanted: bool) -> tuple[bool, str | None]:
     """Whether this session gets the agent directory (and, if the client
     forwards, its socket), and the one line the user is told when they
-    forwarded an agent that will not reach the container.
-
-    Session mode only: the directory is keyed by the session and removed when
-    it ends, which is right only when the container goes with the session.  A
-    connection or persistent workspace outlives it, and its mount is fixed
-    when it is created, so those sessions run without an agent."""
+    forwarded an agent that will not reach the container."""
     if not policy:
         return False, None
     if not backend_can:
         return False, (f"agent forwarding is not supported on the {backend} backend yet; "
-                       "this session has no agent" if wanted else None)
-    if mode != "session":
-        return False, (f"agent forwarding is not supported in session.mode {mode} yet; "
                        "this session has no agent" if wanted else None)
     return True, None
 
@@ -152,21 +145,34 @@ class Session:
         """The per-container directory (mounted when the policy allows agent
         forwarding, whether or not this client forwards: a container may
         outlive this session) and this session's socket, if the client forwards
-        its agent.  Returns (directory or None, AgentServer or None)."""
-        on, note = agent_plan(spec.config.session.agent_forwarding, backend.agent_forwarding,
-                              spec.config.session.mode, spec.config.backend, self.agent_wanted)
+        its agent.  Returns (directory to remove when the session ends, or
+        None; AgentServer or None).
+
+        Session mode keys the directory by the session, whose container goes
+        with it.  A connection or persistent workspace is made once, with its
+        mounts, and outlives each session: its directory is keyed by the
+        workspace, stays while the workspace does (agent.sweep), and each
+        session's socket appears in it and goes with the session."""
+        s = spec.config.session
+        on, note = agent_plan(s.agent_forwarding, backend.agent_forwarding,
+                              spec.config.backend, self.agent_wanted)
         if note:
             Relay._write_all(self.fds[2], f"hatchway: {note}\n".encode())
         if not on:
             return None, None
         run_dir = os.path.dirname(self.cfg.daemon.socket)
-        spec.agent_dir = agent.container_dir(run_dir, spec.session_id)
+        if s.mode in W.SHARED:
+            name = W.name_for(s.mode, spec.user, spec.connection_id)
+            spec.agent_dir = agent.container_dir(run_dir, name, owner=agent.WORKSPACE)
+            remove = None
+        else:
+            spec.agent_dir = remove = agent.container_dir(run_dir, spec.session_id)
         if not self.agent_wanted:
-            return spec.agent_dir, None
+            return remove, None
         server = agent.AgentServer(spec.agent_dir, spec.session_id, self._agent_request,
                                    lambda pid, uid: False)      # until the container exists
         spec.env["SSH_AUTH_SOCK"] = server.container_path
-        return spec.agent_dir, server
+        return remove, server
 
     def run(self) -> None:
         started = time.monotonic()
@@ -268,7 +274,7 @@ class Session:
                 agent_server.close()
             proc.destroy()
             if agent_dir:
-                agent.remove_dir(agent_dir)     # session mode: the container is gone
+                agent.remove_dir(agent_dir)     # session mode: the container is gone too
             relay.close()
             record.remove()
             if recorder:

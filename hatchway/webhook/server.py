@@ -78,7 +78,7 @@ class _DeadlineReader(io.RawIOBase):
         left = self.handler.deadline - time.monotonic()
         if left <= 0:
             raise socket.timeout("request deadline passed")
-        self.sock.settimeout(min(left, CLIENT_TIMEOUT))
+        self.sock.settimeout(min(left, self.handler.timeout))
         return self.sock.recv_into(buf)
 
 

@@ -471,6 +471,10 @@ def pscp_upload(hw: Stack, table: Table, size_mb: int, n: int, limit: float) -> 
     for user in ("alice", "carol", floors.USER):
         (PSCP_DATA / user).mkdir(parents=True)
     shutil.chown(PSCP_DATA / "carol", "carol", "carol")
+    # A writable bind mount must be on a nosuid file system (hatchway.yaml(5)),
+    # or the daemon refuses the session: as tests/e2e/files/conftest.py does.
+    subprocess.run(["mount", "--bind", str(PSCP_DATA), str(PSCP_DATA)], check=True)
+    subprocess.run(["mount", "-o", "remount,bind,nosuid,nodev", str(PSCP_DATA)], check=True)
 
     def ppk(user: str) -> str:
         out = tmp / f"{user}.ppk"
@@ -514,6 +518,7 @@ def pscp_upload(hw: Stack, table: Table, size_mb: int, n: int, limit: float) -> 
                 dest.unlink()
     finally:
         hw.reconfigure(None)
+        subprocess.run(["umount", "-l", str(PSCP_DATA)], check=False)
         shutil.rmtree(PSCP_DATA, ignore_errors=True)
 
     def show(name: str) -> str:

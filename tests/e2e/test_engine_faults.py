@@ -80,6 +80,32 @@ def test_dockerd_restarted_under_live_sessions(hwe, engine):
     assert daemon_pids() == before
 
 
+def test_dockerd_restarted_under_a_workspace_session(hwe, engine):
+    """An exec into a persistent workspace: dockerd forgets its execs when
+    it goes, so the session ends with the same line, and the next login
+    starts the workspace again."""
+    hwe.reconfigure({"docker": {"host": HOST, "network": "none"},
+                     "session": {"mode": "persistent"}})
+    before = daemon_pids()
+    try:
+        p = subprocess.Popen(hwe.ssh_argv("alice", "echo started; exec sleep 1000"),
+                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE)
+        assert p.stdout.readline() == b"started\n"
+        assert len(engine.containers()) == 1
+
+        engine.restart()
+
+        out, err = p.communicate(timeout=120)
+        assert (p.returncode, out, err) == (255, b"", ENGINE_GONE)
+        login_works(hwe)            # the workspace, started again
+        wait_for(lambda: daemon_pids() == before, 90, 0.2,
+                 what=f"only the daemon's own processes {sorted(before)} (have "
+                      f"{sorted(daemon_pids())})")
+    finally:
+        subprocess.run(["hatchway", "workspaces", "rm", "alice"], capture_output=True)
+
+
 def test_dockerd_down_at_login(hwe, engine):
     before = daemon_pids()
     engine.stop()

@@ -182,6 +182,36 @@ def test_a_group_entry_can_turn_it_on_for_its_members(hw, agent):
     assert b"SOCK=none" in b.stdout
 
 
+@pytest.mark.config({**AGENT_ON, "session": {"agent_forwarding": True, "mode": "persistent"}})
+def test_a_persistent_workspace_gets_each_sessions_agent(hw, agent):
+    """Editors keep one environment: the workspace is made once (its agent
+    directory mounted then) and every later session's agent appears in it."""
+    env, listed, _ = agent
+    run(["hatchway", "workspaces", "rm", "alice"], check=False)
+    try:
+        first = ssh_a(hw, "alice", 'echo "SOCK=$SSH_AUTH_SOCK"; ssh-add -l; '
+                                   'echo made > /root/mark', env)
+        assert first.returncode == 0, first.stderr
+        assert listed in first.stdout.decode()
+        # the session's socket went with it; the workspace and its directory stay
+        assert agent_sockets() == []
+        assert len(glob.glob("/run/hatchway/ctr/hatchway-ws-alice-*/")) == 1
+        second = ssh_a(hw, "alice", 'cat /root/mark; echo "SOCK=$SSH_AUTH_SOCK"; ssh-add -l',
+                       env)
+        assert second.returncode == 0, second.stderr
+        out = second.stdout.decode()
+        assert out.startswith("made\n")            # the same workspace
+        assert listed in out
+        assert out.split("SOCK=")[1].split()[0] != first.stdout.decode().split("SOCK=")[1].split()[0]
+        # a session that does not forward gets no agent, in the same workspace
+        third = ssh_a(hw, "alice", 'echo "SOCK=${SSH_AUTH_SOCK:-none}"; ssh-add -l; echo rc=$?',
+                      env, forward=False)
+        assert b"SOCK=none" in third.stdout and b"rc=2" in third.stdout
+    finally:
+        run(["hatchway", "workspaces", "rm", "alice"], check=False)
+    assert agent_sockets() == []
+
+
 @pytest.fixture(scope="module")
 def git_server(stack, agent):
     """A second sshd, no Hatchway in its config, on the bridge's host address:

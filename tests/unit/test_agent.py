@@ -195,13 +195,42 @@ def test_the_per_container_directory_and_its_sweep(tmp_path):
     d = agent.container_dir(str(tmp_path), "abc")
     assert stat.S_IMODE(os.stat(tmp_path / "ctr").st_mode) == 0o700
     assert stat.S_IMODE(os.stat(d).st_mode) == 0o711
-    assert agent.sweep(str(tmp_path)) == []         # its owner (this process) lives
+    never = lambda key: False       # noqa: E731 (no workspace is on record)
+    assert agent.sweep(str(tmp_path), never) == []     # its owner (this process) lives
     with open(os.path.join(d, agent.OWNER), "w") as f:
         f.write("other-boot:1:1")
-    assert agent.sweep(str(tmp_path)) == ["abc"] and not os.path.exists(d)
+    assert agent.sweep(str(tmp_path), never) == ["abc"] and not os.path.exists(d)
     for bad in ("", "..", "a/b"):
         with pytest.raises(ValueError):
             agent.container_dir(str(tmp_path), bad)
+
+
+def test_a_workspaces_directory_stays_while_the_workspace_does(tmp_path):
+    d = agent.container_dir(str(tmp_path), "hatchway-ws-alice-0123456789",
+                            owner=agent.WORKSPACE)
+    on_record = {"hatchway-ws-alice-0123456789"}
+    # no session process owns it: the one that made it may be long gone
+    assert agent.sweep(str(tmp_path), on_record.__contains__) == []
+    # off the record but just made (a first login before its record exists)
+    assert agent.sweep(str(tmp_path), lambda key: False) == []
+    old = os.stat(d).st_mtime - agent.FRESH - 1
+    os.utime(os.path.join(d, agent.OWNER), (old, old))
+    assert agent.sweep(str(tmp_path), on_record.__contains__) == []
+    assert agent.sweep(str(tmp_path), lambda key: False) == ["hatchway-ws-alice-0123456789"]
+    assert not os.path.exists(d)
+
+
+def test_the_reaper_asks_the_workspace_records(tmp_path):
+    from hatchway.backends import workspaces as W
+    from hatchway.daemon.main import workspace_on_record
+    cfg = SimpleNamespace(daemon=SimpleNamespace(socket=str(tmp_path / "hatchwayd.sock")))
+    rec = W.Record("hatchway-ws-bob-0123456789", W.root_for(cfg))
+    assert not workspace_on_record(cfg, rec.name)
+    rec.set_meta(user="bob")
+    assert workspace_on_record(cfg, rec.name)
+    rec.forget()
+    assert not workspace_on_record(cfg, rec.name)
+    assert not workspace_on_record(cfg, "../etc")       # not a workspace name at all
 
 
 # ---------------------------------------------------------------- hatchway-keys
@@ -266,8 +295,7 @@ def test_the_clients_host_path_never_reaches_the_container():
     assert filter_env(env, ["*"]) == {"LANG": "C"}      # whatever the allowlist says
 
 
-# -- session mode only (connection/persistent workspaces outlive the session
-#    whose id keys the agent directory, and their mounts are fixed at creation)
+# -- every mode of a backend that forwards agents
 
 from types import SimpleNamespace  # noqa: E402
 
@@ -275,24 +303,15 @@ from hatchway.admin.check_cmd import agent_problems  # noqa: E402
 from hatchway.daemon.session import agent_plan  # noqa: E402
 
 
-@pytest.mark.parametrize("mode", ["connection", "persistent"])
-def test_a_workspace_mode_session_gets_no_agent_and_one_line_if_it_forwarded(mode):
-    on, note = agent_plan(True, True, mode, "docker", wanted=True)
-    assert on is False
-    assert note == (f"agent forwarding is not supported in session.mode {mode} yet; "
-                    "this session has no agent")
-    assert "\n" not in note
+def test_the_policy_and_the_backend_decide():
+    assert agent_plan(True, True, "docker", wanted=True) == (True, None)
+    assert agent_plan(True, True, "docker", wanted=False) == (True, None)
+    assert agent_plan(False, True, "docker", wanted=True) == (False, None)
+    on, note = agent_plan(True, False, "kubernetes", wanted=True)
+    assert not on and note == ("agent forwarding is not supported on the kubernetes backend "
+                               "yet; this session has no agent")
     # nothing forwarded: nothing to say
-    assert agent_plan(True, True, mode, "docker", wanted=False) == (False, None)
-
-
-def test_session_mode_forwards_and_the_policy_and_backend_still_decide_first():
-    assert agent_plan(True, True, "session", "docker", wanted=True) == (True, None)
-    assert agent_plan(True, True, "session", "docker", wanted=False) == (True, None)
-    assert agent_plan(False, True, "session", "docker", wanted=True) == (False, None)
-    assert agent_plan(False, True, "persistent", "docker", wanted=True) == (False, None)
-    on, note = agent_plan(True, False, "session", "kubernetes", wanted=True)
-    assert not on and "kubernetes backend" in note
+    assert agent_plan(True, False, "kubernetes", wanted=False) == (False, None)
 
 
 def test_the_docker_backend_says_it_forwards_agents():
@@ -308,13 +327,12 @@ def _cfg(agent=False, mode="session", groups=None, backend="docker"):
                            groups=groups or {}, backend=backend)
 
 
-def test_check_reports_agent_forwarding_with_a_workspace_mode():
+def test_check_reports_agent_forwarding_only_where_the_backend_cannot():
     assert agent_problems(_cfg(agent=True), True) == []
-    assert agent_problems(_cfg(agent=False, mode="persistent"), True) == []
-    [p] = agent_problems(_cfg(agent=True, mode="persistent"), True)
-    assert "session.mode is persistent" in p and "session mode only" in p
-    [p] = agent_problems(_cfg(groups={"devs": {"session": {"agent_forwarding": True}},
-                                      "ops": {"session": {"mode": "connection"}}}), True)
-    assert "groups.ops.session.mode is connection" in p
+    assert agent_problems(_cfg(agent=True, mode="persistent"), True) == []
+    assert agent_problems(_cfg(agent=False, backend="kubernetes"), False) == []
     [p] = agent_problems(_cfg(agent=True, backend="kubernetes"), False)
+    assert "kubernetes backend cannot forward agents" in p
+    [p] = agent_problems(_cfg(groups={"devs": {"session": {"agent_forwarding": True}}},
+                              backend="kubernetes"), False)
     assert "kubernetes backend cannot forward agents" in p

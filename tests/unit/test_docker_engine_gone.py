@@ -125,3 +125,45 @@ def test_removal_gives_up_after_its_bound(monkeypatch):
     threading.Thread(target=lambda: (process(api, {}).destroy(), done.set()), daemon=True).start()
     assert done.wait(10)
     assert api.removed == 0 and docker_process.REMOVE_FOR <= clock[0] + 2.0
+
+
+# -- an exec into a workspace (connection and persistent modes)
+
+class ExecEngine:
+    """exec_inspect and inspect, as dockerd answers them (or raises)."""
+
+    def __init__(self, exec_error: DockerError, container):
+        self.exec_error = exec_error
+        self.container = container
+
+    def exec_inspect(self, exec_id):
+        raise self.exec_error
+
+    def inspect(self, cid):
+        if isinstance(self.container, Exception):
+            raise self.container
+        return self.container
+
+
+def exec_status(exec_error, container):
+    from types import SimpleNamespace
+    from hatchway.backends.docker.workspace import DockerExecProcess
+    proc = DockerExecProcess.__new__(DockerExecProcess)
+    proc.api, proc.cid, proc.exec_id = ExecEngine(exec_error, container), "c" * 64, "e" * 64
+    proc.rec = SimpleNamespace(name="hatchway-ws-alice-0123456789")
+    return proc.exit_status(timeout=1)
+
+
+@pytest.mark.parametrize("exec_error,container,note", [
+    # dockerd down: nothing answers
+    (DockerError(0, "connection refused"), DockerError(0, "connection refused"), ENGINE_GONE),
+    # dockerd back: it forgot its execs, the workspace is still there
+    (DockerError(404, "no such exec instance"), {"Id": "c" * 64}, ENGINE_GONE),
+    # the workspace itself was removed under the session
+    (DockerError(404, "no such exec instance"), None,
+     "your workspace was removed; this session has ended"),
+    (DockerError(500, "server error"), {"Id": "c" * 64}, "lost the exit status of the command"),
+])
+def test_what_a_workspace_session_says_when_its_exec_is_lost(exec_error, container, note):
+    st = exec_status(exec_error, container)
+    assert (st.code, st.note) == (255, note)

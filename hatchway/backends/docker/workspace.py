@@ -31,7 +31,7 @@ from .. import labels as L
 from .. import workspaces as W
 from ..base import BackendError, ExitStatus, SessionSpec
 from ..exec_wrapper import read_pid, signal_argv, wrap
-from .api import Docker, DockerError
+from .api import ENGINE_GONE, Docker, DockerError
 from .process import DETACH_KEYS, DockerProcess
 
 log = logging.getLogger("hatchwayd")
@@ -182,13 +182,27 @@ class DockerExecProcess(DockerProcess):
         while True:
             try:
                 info = self.api.exec_inspect(self.exec_id)
-            except DockerError:
-                return ExitStatus(255, "lost the exit status of the command")
+            except DockerError as e:
+                return ExitStatus(255, self._why_lost(e))
             if not info.get("Running") and info.get("ExitCode") is not None:
                 return ExitStatus(int(info["ExitCode"]) & 0xFF)
             if time.monotonic() >= deadline:
                 return ExitStatus(255, "lost the exit status of the command")
             time.sleep(0.01)
+
+    def _why_lost(self, e: DockerError) -> str:
+        """The line for an exec dockerd cannot tell about: exec instances live
+        in dockerd's memory, so an engine that is down (status 0) or came
+        back (404 while the workspace is still there) lost them."""
+        if e.status == 0:
+            return ENGINE_GONE
+        if e.status == 404:
+            try:
+                there = self.api.inspect(self.cid) is not None
+            except DockerError:
+                return ENGINE_GONE
+            return ENGINE_GONE if there else "your workspace was removed; this session has ended"
+        return "lost the exit status of the command"
 
     def destroy(self) -> None:
         """Nothing of this session outlives it: every process of its process
