@@ -21,7 +21,6 @@ import pytest
 from .stack import run, wait_for
 
 PORTS_ON = {"session": {"port_forwarding": True}}
-PERSISTENT_ON = {"session": {"port_forwarding": True, "mode": "persistent"}}
 SECRET = b"HOST-LOOPBACK-SECRET"
 CONTENT = "CONTAINER-CONTENT"
 
@@ -241,9 +240,9 @@ def test_without_the_policy_forwarding_is_refused(hw, host_secret):
     assert "refused local port forward" in (hw.tmp / "sshd.log").read_text(errors="replace")
 
 
-@pytest.mark.parametrize("mode", ["session", "persistent"])
+@pytest.mark.parametrize("mode", ["session", "connection", "persistent"])
 def test_an_editor_style_server_carries_10_mb_over_L_and_D(hw, mode):
-    hw.reconfigure(PERSISTENT_ON if mode == "persistent" else PORTS_ON)
+    hw.reconfigure({"session": {"port_forwarding": True, "mode": mode}})
     srv = Serving(hw, "alice")
     try:
         lp, sp = free_port(), free_port()
