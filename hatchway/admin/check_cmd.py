@@ -41,6 +41,7 @@ def check(config_path):
         backend = registry.make(cfg)
         backend_problems, backend_notes = backend.check()
         backend_problems += agent_problems(cfg, backend.agent_forwarding)
+        backend_problems += port_problems(cfg)
     except Exception as e:          # a backend that cannot even be set up
         backend_problems, backend_notes = [f"{cfg.backend}: {e}"], []
     problems += backend_problems
@@ -70,6 +71,29 @@ def agent_problems(cfg, backend_can: bool) -> list[str]:
         return []
     return [f"session.agent_forwarding is on, but the {cfg.backend} backend cannot "
             "forward agents yet (ssh -A sessions run without one)"]
+
+
+def port_problems(cfg, uids_file: str | None = None, busybox: str = "/bin/busybox") -> list[str]:
+    """session.port_forwarding turned on (top level or a `groups:` entry)
+    where it cannot work: another backend than Docker, no static busybox to
+    mount, or hatchway-netguard not running (then hatchway-keys gives no one
+    the option: fail closed, but nobody can forward either)."""
+    from hatchway.core import portfwd
+    scopes = [cfg.session.port_forwarding]
+    scopes += [(g.get("session") or {}).get("port_forwarding") for g in cfg.groups.values()]
+    if not any(scopes):
+        return []
+    if cfg.backend != "docker":
+        return [f"session.port_forwarding is on, but the {cfg.backend} backend cannot "
+                "forward ports yet (every forward is refused)"]
+    out = []
+    if not os.access(busybox, os.X_OK):
+        out.append(f"session.port_forwarding is on, but {busybox} is missing "
+                   "(install busybox-static)")
+    if not os.path.exists(uids_file or portfwd.UIDS_FILE):
+        out.append("session.port_forwarding is on, but hatchway-netguard is not running "
+                   "(systemctl enable --now hatchway-netguard); sshd refuses every forward")
+    return out
 
 
 KEY_HELPER = "hatchway-keys"

@@ -234,6 +234,12 @@ class Session:
     # two places to decide whether sshd may forward the agent at all
     # (keys/compiled_config.py); the config webhook can never turn it on.
     agent_forwarding: bool = T("bool", False)
+    # `ssh -L/-D/-W localhost:PORT` reaching 127.0.0.1:PORT inside the
+    # user's container (daemon/portfwd.py, daemon/netguard.py): off unless the
+    # admin turns it on here or in a `groups:` entry.  hatchway-keys and the
+    # relay read the same two places of the file; the config webhook never
+    # widens it.
+    port_forwarding: bool = T("bool", False)
     idle_timeout: float = T("duration", 0.0, doc="no byte either way for this long ends it")
     max_duration: float = T("duration", 0.0, doc="a session ends after this long")
 

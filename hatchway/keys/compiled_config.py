@@ -54,15 +54,16 @@ def _schema_id() -> list:
             for st in map(os.stat, schema_files())]
 
 
-def agent_policy(cfg: dict) -> dict:
-    """What decides whether a user's key line may carry `agent-forwarding`:
-    the file's `session.agent_forwarding` and, in file order, every `groups:`
-    entry that sets it (the daemon merges groups the same way, daemon/resolve.py)."""
-    groups = [[name, g["session"]["agent_forwarding"]]
+def agent_policy(cfg: dict, field: str = "agent_forwarding") -> dict:
+    """What decides whether a user's key line may carry `agent-forwarding`
+    (or, with field="port_forwarding", `port-forwarding`): the file's
+    `session.<field>` and, in file order, every `groups:` entry that sets it
+    (the daemon merges groups the same way, daemon/resolve.py)."""
+    groups = [[name, g["session"][field]]
               for name, g in (cfg.get("groups") or {}).items()
               if isinstance((g or {}).get("session"), dict)
-              and isinstance(g["session"].get("agent_forwarding"), bool)]
-    return {"default": cfg["session"]["agent_forwarding"] is True, "groups": groups}
+              and isinstance(g["session"].get(field), bool)]
+    return {"default": cfg["session"][field] is True, "groups": groups}
 
 
 def agent_allowed(policy: dict, groups: list[str]) -> bool:
@@ -82,7 +83,8 @@ def load_auth(path: str, state_dir: str = DEFAULT_DIR) -> tuple[dict, bool]:
 
 
 def load(path: str, state_dir: str = DEFAULT_DIR) -> tuple[dict, bool]:
-    """({"auth": the validated `auth` section, "agent": agent_policy()},
+    """({"auth": the validated `auth` section, "agent": agent_policy(),
+    "ports": agent_policy(cfg, "port_forwarding")},
     whether it came from the stored copy).  Raises ConfigError like config.load."""
     try:
         with open(path, "rb") as f:
@@ -99,8 +101,10 @@ def load(path: str, state_dir: str = DEFAULT_DIR) -> tuple[dict, bool]:
             with open(stored, encoding="utf-8") as f:
                 entry = json.load(f)
             if entry.get("tag") == tag and isinstance(entry.get("auth"), dict) \
-                    and isinstance(entry.get("agent"), dict):
-                return {"auth": entry["auth"], "agent": entry["agent"]}, True
+                    and isinstance(entry.get("agent"), dict) \
+                    and isinstance(entry.get("ports"), dict):
+                return {"auth": entry["auth"], "agent": entry["agent"],
+                        "ports": entry["ports"]}, True
         except (OSError, ValueError, AttributeError, RecursionError):
             pass
     try:
@@ -109,7 +113,8 @@ def load(path: str, state_dir: str = DEFAULT_DIR) -> tuple[dict, bool]:
         raise ConfigError(f"{path}: cannot read config: {e}") from None
     from hatchway.core import config as config_mod
     cfg = config_mod.load_text(text, path)
-    conf = {"auth": cfg["auth"], "agent": agent_policy(cfg)}
+    conf = {"auth": cfg["auth"], "agent": agent_policy(cfg),
+            "ports": agent_policy(cfg, "port_forwarding")}
     if usable:
         _store(stored, {"tag": tag, **conf})
     return conf, False

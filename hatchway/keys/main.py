@@ -170,7 +170,8 @@ def decide(argv: list[str], conf: dict) -> tuple[Decision, dict]:
 def agent_forwarding(user: str, policy: dict) -> bool:
     """May sshd forward this user's agent?  Only if the admin's file config
     says so for the user or one of the user's groups; the daemon decides again
-    per session (and the webhook cannot widen it: see core/config.py)."""
+    per session (and the webhook cannot widen it: see core/config.py).
+    The same rule, with the `ports` policy, for port forwarding."""
     if policy.get("default") is not True and not policy.get("groups"):
         return False        # the usual case: no group lookup at all
     import grp
@@ -188,10 +189,40 @@ def agent_forwarding(user: str, policy: dict) -> bool:
     return compiled_config.agent_allowed(policy, names)
 
 
-def authorized_line(argv: list[str], decision: Decision, agent: bool = False) -> str:
+def port_forwarding(user: str, policy: dict, canary=None,
+                    covered=None) -> tuple[bool, str | None]:
+    """May sshd forward this user's TCP connects?  Fail closed: the policy
+    must allow it, the guard's table must cover the user's uid, and the
+    canary must prove the table and the relay are live right now; without
+    them a forward would reach the host's own loopback.  Returns (answer,
+    why not when the policy allowed it)."""
+    if not agent_forwarding(user, policy):
+        return False, None
+    import pwd
+
+    from hatchway.core import portfwd     # sockets: only for users it may concern
+    canary = canary or portfwd.canary
+    covered = covered or portfwd.covered
+    try:
+        uid = pwd.getpwnam(user).pw_uid
+    except KeyError:
+        return False, "no such account"
+    if not covered(uid):
+        return False, f"uid {uid} is not covered by the nftables table (is hatchway-netguard running?)"
+    if not canary():
+        return False, "the forwarding canary got no answer (hatchway-netguard or its relay is down)"
+    return True, None
+
+
+def authorized_line(argv: list[str], decision: Decision, agent: bool = False,
+                    ports: bool = False) -> str:
     # `restrict` turns every forwarding off; `agent-forwarding` after it turns
-    # the agent back on, and nothing else.
-    opts = ",".join([OPTIONS, *(["agent-forwarding"] if agent else []), *decision.options])
+    # the agent back on, `port-forwarding` TCP forwarding to the loopback
+    # destinations listed (permitopen), and nothing else.
+    if ports:
+        from hatchway.core.portfwd import KEY_OPTIONS
+    opts = ",".join([OPTIONS, *(["agent-forwarding"] if agent else []),
+                     *(KEY_OPTIONS if ports else ()), *decision.options])
     return f"{opts} {argv[1]} {argv[2]}\n"
 
 
@@ -244,7 +275,13 @@ def main(argv: list[str] | None = None) -> int:
                 syslog.LOG_WARNING)
             agent = False
         try:
-            os.write(1, authorized_line(argv, decision, agent).encode())
+            ports, why = port_forwarding(argv[0], conf["ports"])
+        except Exception as e:
+            ports, why = False, f"{type(e).__name__}: {e}"
+        if why:
+            log(f"user={argv[0]} port forwarding off: {why}", syslog.LOG_WARNING)
+        try:
+            os.write(1, authorized_line(argv, decision, agent, ports).encode())
         except OSError:
             pass
     return 0

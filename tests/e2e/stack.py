@@ -219,6 +219,39 @@ class Stack:
         wait_for(listening, 15, what="hatchwayd to listen")
         return p
 
+    def start_netguard(self) -> None:
+        """hatchway-netguard as root, as its unit runs it (no systemd here):
+        the owned nftables table for hatchway-users' uids and the relay on
+        port 870.  Fails at once, saying why, if it cannot start."""
+        if not shutil.which("nft", path="/usr/sbin:/sbin:/usr/bin"):
+            raise RuntimeError("port forwarding tests need nft (package nftables: tests/setup/deps)")
+        if not os.path.exists("/bin/busybox"):
+            raise RuntimeError("port forwarding tests need /bin/busybox (package busybox-static)")
+        if run(["nft", "list", "table", "inet", "hatchway"], check=False).returncode == 0:
+            raise RuntimeError("an nftables table inet hatchway exists already "
+                               "(another hatchway-netguard?)")
+        log = self.tmp / "netguard.log"
+        p = self._spawn("netguard", ["/usr/lib/hatchway/hatchway-netguard"], "netguard.log")
+
+        def loaded():
+            if p.poll() is not None:
+                raise RuntimeError(f"hatchway-netguard exited ({p.returncode}): "
+                                   f"{log.read_text(errors='replace')[-2000:]}")
+            return "loaded, covering" in log.read_text(errors="replace")
+        wait_for(loaded, 20, what="hatchway-netguard to load its table")
+
+    def stop_netguard(self) -> None:
+        self.stop_proc("netguard")
+        # the table is owned by the guard's nft process: it must be gone with it
+        wait_for(lambda: run(["nft", "list", "table", "inet", "hatchway"],
+                             check=False).returncode != 0, 10, what="the nft table to go")
+
+    def netguard_log(self) -> str:
+        try:
+            return (self.tmp / "netguard.log").read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
     def stop_daemon(self, sig=signal.SIGTERM) -> None:
         self.stop_proc("daemon", sig)
 

@@ -50,9 +50,15 @@ def assert_dropin_applies_to_members_only(root: Root) -> None:
     assert alice["authorizedkeyscommand"].startswith(f"{KEYS} %u %t %k")
     assert alice["authorizedkeyscommanduser"] == "hatchway-keys"
     assert alice["authorizedkeysfile"] == "none"
-    for key in ("allowtcpforwarding", "allowstreamlocalforwarding",
+    for key in ("allowstreamlocalforwarding",
                 "x11forwarding", "permittunnel", "passwordauthentication", "permituserrc"):
         assert alice[key] == "no", key
+    # local TCP forwarding to loopback is a maximum only, like the agent: key
+    # lines start with `restrict`, and hatchway-keys adds `port-forwarding`
+    # only behind its canary
+    assert alice["allowtcpforwarding"] == "local"
+    assert alice["permitopen"] == "localhost:* 127.0.0.1:* [::1]:*"
+    assert alice["permitlisten"] == "none"
     # the agent's maximum only: key lines start with `restrict` (hatchway-keys)
     assert alice["allowagentforwarding"] == "yes"
     assert alice["disableforwarding"] == "no"

@@ -10,6 +10,8 @@ PROGRAMS = {
     "/usr/sbin/hatchwayd": "#!/usr/bin/python3 -I",
     "/usr/lib/hatchway/hatchway-keys": "#!/usr/bin/python3 -IS",
     "/usr/lib/hatchway/hatchway-shell": "#!/usr/bin/python3 -IS",
+    "/usr/lib/hatchway/hatchway-netguard": "#!/usr/bin/python3 -I",
+    "/usr/lib/hatchway/hatchway-portrelay": "#!/usr/bin/python3 -I",
 }
 MAN_PAGES = {
     "/usr/share/man/man8/hatchway.8.gz",
@@ -26,6 +28,7 @@ REQUIRED = {
     "/usr/share/hatchway/hatchway/keys/main.py",
     "/lib/systemd/system/hatchway.service",
     "/lib/systemd/system/hatchway-webhook.service",
+    "/lib/systemd/system/hatchway-netguard.service",
     "/usr/lib/tmpfiles.d/hatchway.conf",
     "/usr/share/doc/hatchway/copyright",
 }

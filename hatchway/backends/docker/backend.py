@@ -31,6 +31,11 @@ log = logging.getLogger("hatchwayd")
 # size still arrives by the resize after the start.)
 SIZED = 'stty rows "$1" cols "$2" 2>/dev/null; shift 2; exec "$@"'
 AGENT_TARGET = "/run/hatchway"      # = daemon/agent.py IN_CONTAINER
+# Port forwarding (daemon/portfwd.py): the relay runs `busybox nc` inside the
+# container to reach its 127.0.0.1:PORT, whatever the image has.  The host's
+# static busybox (package busybox-static), read-only.
+BUSYBOX_SOURCE = "/bin/busybox"
+BUSYBOX_TARGET = "/.hatchway/busybox"   # = daemon/portfwd.py BUSYBOX
 
 
 def api_for(d) -> Docker:
@@ -72,6 +77,10 @@ def container_spec(spec: SessionSpec) -> dict:
         # anything the container made (a symlink to a host socket, say)
         host.setdefault("Mounts", []).append(
             {"Type": "bind", "Source": spec.agent_dir, "Target": AGENT_TARGET,
+             "ReadOnly": True})
+    if spec.config.session.port_forwarding:
+        host.setdefault("Mounts", []).append(
+            {"Type": "bind", "Source": BUSYBOX_SOURCE, "Target": BUSYBOX_TARGET,
              "ReadOnly": True})
     # what the policy (backends/docker/policy.py) has already allowed
     if d.privileged:

@@ -1,0 +1,156 @@
+"""Port forwarding (`ssh -L/-D/-W localhost:PORT`): what hatchway-keys, the
+root guard (daemon/netguard.py) and the relay (daemon/portfwd.py) share.
+
+How a forward reaches the container: sshd's per-connection child runs as the
+user and connects from the host's network namespace.  The guard's nftables
+table redirects every TCP connect that a covered uid makes to loopback to
+RELAY_PORT (privileged, so no user can listen there).  The relay asks the
+kernel who made the connection (sock_diag: the owner uid of the socket at the
+other end) and where it was going (SO_ORIGINAL_DST), and joins it to
+127.0.0.1:PORT inside that user's container.
+
+The canary proves, at login, that the table and the genuine relay are both
+there: a connect to 127.0.0.1:CANARY_PORT (privileged, nothing listens on it)
+by a canary uid is redirected to the relay, which answers CANARY_BANNER.
+Without the table the connect is refused, so hatchway-keys prints no
+forwarding option: a missing table never means a forward to the host.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import struct
+
+RELAY_PORT = 870
+CANARY_PORT = 1
+CANARY_BANNER = b"HATCHWAY-FWD-CANARY v1\n"
+TABLE = "hatchway"                          # nft: table inet hatchway
+STATE_DIR = "/run/hatchway-netguard"        # root's, world-readable
+UIDS_FILE = STATE_DIR + "/uids"             # the uids the loaded table covers
+USERS_GROUP = "hatchway-users"
+# sshd's key option list: `restrict` has turned everything off; these turn TCP
+# forwarding back on, for loopback destinations only (the drop-in's PermitOpen
+# is the same list: sshd allows what both allow, and matches them as text).
+KEY_OPTIONS = ("port-forwarding", 'permitopen="localhost:*"', 'permitopen="127.0.0.1:*"',
+               'permitopen="[::1]:*"')
+
+SO_ORIGINAL_DST = 80        # linux/netfilter_ipv4.h, level SOL_IP
+IP6T_SO_ORIGINAL_DST = 80   # linux/netfilter_ipv6/ip6_tables.h, level SOL_IPV6
+NETLINK_SOCK_DIAG = 4
+SOCK_DIAG_BY_FAMILY = 20
+NLMSG_ERROR = 2
+NLM_F_REQUEST = 1
+INET_DIAG_NOCOOKIE = 0xFFFFFFFF
+
+
+def parse_original_dst(family: int, raw: bytes) -> tuple[str, int]:
+    """(address, port) from the sockaddr_in / sockaddr_in6 that
+    SO_ORIGINAL_DST / IP6T_SO_ORIGINAL_DST return."""
+    if family == socket.AF_INET:
+        if len(raw) < 8:
+            raise ValueError("short sockaddr_in")
+        return socket.inet_ntop(socket.AF_INET, raw[4:8]), struct.unpack_from("!H", raw, 2)[0]
+    if family == socket.AF_INET6:
+        if len(raw) < 24:
+            raise ValueError("short sockaddr_in6")
+        return socket.inet_ntop(socket.AF_INET6, raw[8:24]), struct.unpack_from("!H", raw, 2)[0]
+    raise ValueError(f"not an inet family: {family}")
+
+
+def original_dst(conn: socket.socket) -> tuple[str, int]:
+    """Where a redirected connection was going before the nat rule."""
+    if conn.family == socket.AF_INET:
+        raw = conn.getsockopt(socket.SOL_IP, SO_ORIGINAL_DST, 16)
+    else:
+        # Python 3.11 has no socket.SOL_IPV6; the level is IPPROTO_IPV6
+        raw = conn.getsockopt(socket.IPPROTO_IPV6, IP6T_SO_ORIGINAL_DST, 28)
+    return parse_original_dst(conn.family, raw)
+
+
+def _addr16(ip: str) -> bytes:
+    b = ipaddress.ip_address(ip).packed
+    return b + b"\0" * (16 - len(b))
+
+
+def sockdiag_request(family: int, src: tuple[str, int], dst: tuple[str, int],
+                     seq: int = 1) -> bytes:
+    """A netlink inet_diag_req_v2 for exactly one TCP socket, src -> dst (an
+    exact lookup, not a dump: the kernel answers for that socket only)."""
+    sockid = (struct.pack("!HH", src[1], dst[1]) + _addr16(src[0]) + _addr16(dst[0])
+              + struct.pack("=I", 0) + struct.pack("=II", INET_DIAG_NOCOOKIE, INET_DIAG_NOCOOKIE))
+    req = struct.pack("=BBBBI", family, socket.IPPROTO_TCP, 0, 0, 0xFFFFFFFF) + sockid
+    return struct.pack("=IHHII", 16 + len(req), SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST, seq, 0) + req
+
+
+def parse_sockdiag_reply(data: bytes, src: tuple[str, int],
+                         dst: tuple[str, int]) -> int | None:
+    """The owner uid from the kernel's inet_diag_msg, or None (an error
+    answer, a short one, or one about another socket)."""
+    if len(data) < 16:
+        return None
+    length, typ = struct.unpack_from("=IH", data, 0)
+    if typ != SOCK_DIAG_BY_FAMILY or length < 16 + 72 or len(data) < 16 + 72:
+        return None         # NLMSG_ERROR: no such socket (or not allowed)
+    off = 16
+    sport, dport = struct.unpack_from("!HH", data, off + 4)
+    saddr, daddr = data[off + 8:off + 24], data[off + 24:off + 40]
+    if (sport, dport) != (src[1], dst[1]) or saddr != _addr16(src[0]) \
+            or daddr != _addr16(dst[0]):
+        return None
+    uid = struct.unpack_from("=I", data, off + 4 + 48 + 12)[0]
+    return uid
+
+
+def peer_uid(family: int, src: tuple[str, int], dst: tuple[str, int]) -> int | None:
+    """The uid owning the TCP socket src -> dst in this network namespace.
+    `src` is the relay's peer address, `dst` the *original* destination: the
+    connecting socket still sees the address it asked for, not the relay's."""
+    s = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_SOCK_DIAG)
+    try:
+        s.settimeout(2)
+        s.sendto(sockdiag_request(family, src, dst), (0, 0))
+        data = s.recv(65536)
+    finally:
+        s.close()
+    return parse_sockdiag_reply(data, src, dst)
+
+
+def destination_ok(addr: str, port: int) -> bool:
+    """Only loopback ports reach a container; port 1 is the canary's."""
+    try:
+        ip = ipaddress.ip_address(addr)
+    except ValueError:
+        return False
+    return ip.is_loopback and 0 < port < 65536 and port != CANARY_PORT
+
+
+def canary(timeout: float = 1.0) -> bool:
+    """True only when the redirect table and the genuine relay are both live."""
+    try:
+        with socket.create_connection(("127.0.0.1", CANARY_PORT), timeout=timeout) as s:
+            s.settimeout(timeout)
+            got = b""
+            while len(got) < len(CANARY_BANNER):
+                part = s.recv(len(CANARY_BANNER) - len(got))
+                if not part:
+                    break
+                got += part
+    except OSError:
+        return False
+    return got == CANARY_BANNER
+
+
+def parse_uids(text: str) -> set[int]:
+    """The guard's UIDS_FILE: one uid per line; anything else is ignored."""
+    return {int(line) for line in text.split() if line.isdigit()}
+
+
+def covered(uid: int, path: str = UIDS_FILE) -> bool:
+    """Does the loaded table redirect this uid's connects?  The file is
+    written by the guard (root) after the table with these uids is loaded."""
+    try:
+        with open(path, encoding="ascii") as f:
+            return uid in parse_uids(f.read())
+    except (OSError, ValueError):
+        return False
