@@ -8,6 +8,7 @@ remove only its members; all three ask here.
 from __future__ import annotations
 
 import grp
+import os
 import pwd
 import re
 
@@ -62,6 +63,17 @@ ADDUSER_CONF = "/etc/adduser.conf"
 RESERVED = {"root", "hatchway", "hatchway-keys", "hatchway-webhook", "hatchway-users", "docker",
             "sshd", "nobody", "daemon", "admin", "sudo", "wheel", "staff", "adm", "operator",
             "systemd-network", "systemd-resolve", "messagebus", "www-data", "backup", "mail"}
+
+
+def user_groups(user: str, gid: int) -> list[str]:
+    """The names of every group `user` (primary gid `gid`) is in."""
+    names = []
+    for g in os.getgrouplist(user, gid):
+        try:
+            names.append(grp.getgrgid(g).gr_name)
+        except KeyError:
+            pass
+    return names
 
 
 def check_name(name: str) -> None:

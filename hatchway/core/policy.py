@@ -110,3 +110,4 @@ def capped(value, most, field: str, limit: str):
     if value > most:
         raise Violation(field, f"{value} exceeds policy.{limit} ({most})")
     return value
+

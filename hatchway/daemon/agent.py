@@ -32,6 +32,8 @@ import time
 
 from hatchway.backends import labels
 
+from .pump import pump
+
 log = logging.getLogger("hatchwayd")
 
 IN_CONTAINER = "/run/hatchway"      # where the container sees its directory
@@ -223,9 +225,9 @@ class AgentServer:
             if self.closed:
                 return
             self.open.update((a, b))
-        other = threading.Thread(target=_pump, args=(b, a), daemon=True, name="agent-out")
+        other = threading.Thread(target=pump, args=(b, a), daemon=True, name="agent-out")
         other.start()
-        _pump(a, b)
+        pump(a, b)
         other.join()
         with self.lock:
             self.open.difference_update((a, b))
@@ -251,18 +253,3 @@ class AgentServer:
                 c.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
-
-
-def _pump(src: socket.socket, dst: socket.socket) -> None:
-    try:
-        while True:
-            data = src.recv(65536)
-            if not data:
-                break
-            dst.sendall(data)
-    except OSError:
-        pass
-    try:
-        dst.shutdown(socket.SHUT_WR)
-    except OSError:
-        pass

@@ -24,7 +24,6 @@ client the channel is open, so the client sees an empty reply.
 
 from __future__ import annotations
 
-import grp
 import logging
 import os
 import pwd
@@ -35,6 +34,10 @@ import threading
 
 from hatchway.backends import labels as L
 from hatchway.core import portfwd as P
+from hatchway.core.identity import user_groups
+from hatchway.core.switches import switch_allows, switch_policy
+
+from .pump import pump
 
 log = logging.getLogger("hatchway-portrelay")
 
@@ -53,33 +56,6 @@ def listen_fds(env=os.environ) -> list[socket.socket]:
         return []
     n = int(env.get("LISTEN_FDS") or 0)
     return [socket.socket(fileno=3 + i) for i in range(n)]
-
-
-def policy_allows(policy: dict, groups: list[str]) -> bool:
-    """The file config's answer (keys/compiled_config.py reads it the same way)."""
-    allowed = policy.get("default") is True
-    for name, value in policy.get("groups") or []:
-        if name in groups:
-            allowed = value is True
-    return allowed
-
-
-def file_policy(cfg: dict) -> dict:
-    groups = [[name, g["session"]["port_forwarding"]]
-              for name, g in (cfg.get("groups") or {}).items()
-              if isinstance((g or {}).get("session"), dict)
-              and isinstance(g["session"].get("port_forwarding"), bool)]
-    return {"default": cfg["session"]["port_forwarding"] is True, "groups": groups}
-
-
-def user_groups(name: str, gid: int) -> list[str]:
-    out = []
-    for g in os.getgrouplist(name, gid):
-        try:
-            out.append(grp.getgrgid(g).gr_name)
-        except KeyError:
-            pass
-    return out
 
 
 def pick_container(containers: list[dict]) -> dict | None:
@@ -137,7 +113,7 @@ class Relay:
         if cfg["backend"] != "docker":
             policy = {"default": False, "groups": []}   # Docker only (README)
         else:
-            policy = file_policy(cfg)
+            policy = switch_policy(cfg, "port_forwarding")
         api = api_for(config_mod.typed(cfg).docker)
         with self.lock:
             self._conf_tag, self._policy, self._api = tag, policy, api
@@ -189,7 +165,7 @@ class Relay:
             log.warning("refused uid=%d: no such account", uid)
             return
         policy, api = self._config()
-        if not policy_allows(policy, user_groups(pw.pw_name, pw.pw_gid)):
+        if not switch_allows(policy, user_groups(pw.pw_name, pw.pw_gid)):
             log.warning("refused user=%s port=%d: session.port_forwarding is off", pw.pw_name, port)
             return
         running = api.list([f"{L.MANAGED}=true", f"{L.USER}={pw.pw_name}",
@@ -210,7 +186,7 @@ class Relay:
             out = threading.Thread(target=_from_container, args=(stream, conn), daemon=True,
                                    name="fwd-out")
             out.start()
-            _pump(conn, stream.sock)
+            pump(conn, stream.sock)
             out.join()
         finally:
             stream.close()
@@ -226,20 +202,6 @@ class Relay:
                              name="fwd-conn").start()
 
 
-def _pump(src: socket.socket, dst: socket.socket) -> None:
-    """Client -> container; the client's EOF becomes the exec's stdin EOF."""
-    try:
-        while True:
-            data = src.recv(65536)
-            if not data:
-                break
-            dst.sendall(data)
-    except OSError:
-        pass
-    try:
-        dst.shutdown(socket.SHUT_WR)
-    except OSError:
-        pass
 
 
 def _from_container(stream, conn: socket.socket) -> None:

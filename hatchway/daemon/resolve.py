@@ -16,9 +16,7 @@ user: there is no silent fallback to a configuration nobody asked for.
 from __future__ import annotations
 
 import dataclasses
-import grp
 import logging
-import os
 import pwd
 import re
 
@@ -26,6 +24,7 @@ from hatchway.backends import registry
 from hatchway.core import config as config_mod
 from hatchway.core import http11
 from hatchway.core.errors import HatchwayError
+from hatchway.core.identity import user_groups
 from hatchway.core.webhook_client import WebhookError, fetch_config
 
 from . import containerssh as containerssh_config, policy
@@ -39,16 +38,6 @@ class ConfigRefused(HatchwayError):
     """This session's configuration is not allowed or not available; the message
     is one line for the user (and the log)."""
     code = 255
-
-
-def user_groups(user: str, gid: int) -> list[str]:
-    names = []
-    for g in os.getgrouplist(user, gid):
-        try:
-            names.append(grp.getgrgid(g).gr_name)
-        except KeyError:
-            pass
-    return names
 
 
 def fill_templates(value, ctx: dict):

@@ -17,6 +17,7 @@ import os
 
 from hatchway.core import fsutil
 from hatchway.core.digest import sha256
+from hatchway.core.switches import switch_policy
 from hatchway.core.errors import ConfigError
 
 DEFAULT_DIR = "/var/cache/hatchway-keys"
@@ -54,27 +55,6 @@ def _schema_id() -> list:
             for st in map(os.stat, schema_files())]
 
 
-def agent_policy(cfg: dict, field: str = "agent_forwarding") -> dict:
-    """What decides whether a user's key line may carry `agent-forwarding`
-    (or, with field="port_forwarding", `port-forwarding`): the file's
-    `session.<field>` and, in file order, every `groups:` entry that sets it
-    (the daemon merges groups the same way, daemon/resolve.py)."""
-    groups = [[name, g["session"][field]]
-              for name, g in (cfg.get("groups") or {}).items()
-              if isinstance((g or {}).get("session"), dict)
-              and isinstance(g["session"].get(field), bool)]
-    return {"default": cfg["session"][field] is True, "groups": groups}
-
-
-def agent_allowed(policy: dict, groups: list[str]) -> bool:
-    """`agent_policy`'s answer for a user in `groups` (names)."""
-    allowed = policy.get("default") is True
-    for name, value in policy.get("groups") or []:
-        if name in groups:
-            allowed = value is True
-    return allowed
-
-
 def load_auth(path: str, state_dir: str = DEFAULT_DIR) -> tuple[dict, bool]:
     """(the validated `auth` section, whether it came from the stored copy).
     Raises ConfigError like config.load."""
@@ -83,8 +63,8 @@ def load_auth(path: str, state_dir: str = DEFAULT_DIR) -> tuple[dict, bool]:
 
 
 def load(path: str, state_dir: str = DEFAULT_DIR) -> tuple[dict, bool]:
-    """({"auth": the validated `auth` section, "agent": agent_policy(),
-    "ports": agent_policy(cfg, "port_forwarding")},
+    """({"auth": the validated `auth` section, "agent" and "ports": the
+    forwarding switches (core/policy.py switch_policy)},
     whether it came from the stored copy).  Raises ConfigError like config.load."""
     try:
         with open(path, "rb") as f:
@@ -113,8 +93,8 @@ def load(path: str, state_dir: str = DEFAULT_DIR) -> tuple[dict, bool]:
         raise ConfigError(f"{path}: cannot read config: {e}") from None
     from hatchway.core import config as config_mod
     cfg = config_mod.load_text(text, path)
-    conf = {"auth": cfg["auth"], "agent": agent_policy(cfg),
-            "ports": agent_policy(cfg, "port_forwarding")}
+    conf = {"auth": cfg["auth"], "agent": switch_policy(cfg, "agent_forwarding"),
+            "ports": switch_policy(cfg, "port_forwarding")}
     if usable:
         _store(stored, {"tag": tag, **conf})
     return conf, False

@@ -28,6 +28,7 @@ import time
 # only when the config changed (compiled_config.py).
 from hatchway.core import connection, fsutil, sshkeys
 from hatchway.core.digest import sha256
+from hatchway.core.switches import switch_allows
 from hatchway.core.errors import ConfigError, Decision
 
 from . import compiled_config
@@ -186,7 +187,7 @@ def agent_forwarding(user: str, policy: dict) -> bool:
             names.append(grp.getgrgid(gid).gr_name)
         except KeyError:
             pass
-    return compiled_config.agent_allowed(policy, names)
+    return switch_allows(policy, names)
 
 
 def port_forwarding(user: str, policy: dict, canary=None,

@@ -14,6 +14,7 @@ from hatchway import shell
 from hatchway.daemon import agent
 from hatchway.daemon.relay import MAX_FDS
 from hatchway.keys import compiled_config
+from hatchway.core.switches import switch_allows
 from hatchway.keys.main import authorized_line
 from hatchway.core.errors import Decision
 from hatchway.shell import FrameReader, pack
@@ -246,7 +247,7 @@ def test_the_reaper_asks_the_workspace_records(tmp_path):
     ({"default": True, "groups": [["contractors", False]]}, ["contractors"], False),
 ])
 def test_who_the_key_helper_lets_sshd_forward_the_agent_for(policy, groups, allowed):
-    assert compiled_config.agent_allowed(policy, groups) is allowed
+    assert switch_allows(policy, groups) is allowed
 
 
 def test_the_key_line_adds_agent_forwarding_after_restrict_only_when_allowed():

@@ -11,6 +11,7 @@ import subprocess
 import pytest
 
 from hatchway.core import portfwd as P
+from hatchway.core import switches
 from hatchway.core.errors import Decision
 from hatchway.daemon import netguard, portfwd
 from hatchway.keys import compiled_config
@@ -158,16 +159,16 @@ def test_the_stored_config_carries_the_port_policy(tmp_path):
     ({"default": False, "groups": [["dev", True]]}, ["dev"], True),
     ({"default": False, "groups": [["dev", True], ["ext", False]]}, ["dev", "ext"], False),
 ])
-def test_the_relay_reads_the_policy_as_the_key_helper_does(policy, groups, allowed):
-    assert portfwd.policy_allows(policy, groups) is allowed
-    assert compiled_config.agent_allowed(policy, groups) is allowed
+def test_the_switch_as_the_key_helper_and_the_relay_read_it(policy, groups, allowed):
+    assert switches.switch_allows(policy, groups) is allowed
 
 
 def test_the_relays_policy_comes_from_the_file_config():
     from hatchway.core import config
     cfg = config.load_text("session:\n  port_forwarding: true\n"
                            "groups:\n  ext:\n    session:\n      port_forwarding: false\n")
-    assert portfwd.file_policy(cfg) == {"default": True, "groups": [["ext", False]]}
+    assert switches.switch_policy(cfg, "port_forwarding") == \
+        {"default": True, "groups": [["ext", False]]}
 
 
 def test_a_workspace_is_chosen_before_the_newest_session_container():
