@@ -24,10 +24,25 @@ from ..base import BackendError, EngineError
 from .channel import PROTOCOLS
 
 REQUEST_TIMEOUT = 15.0
+# What a user is told when the API server does not answer: at login, and when
+# it went away under a live session (its exec streams run through the API
+# server, so they end with it; the kubelet keeps the pod running).
+CLUSTER_DOWN = "the Kubernetes cluster is not reachable; try again later"
+CLUSTER_GONE = "the Kubernetes cluster became unreachable; this session has ended"
+# Statuses that say the API server is not serving, not that the request was
+# wrong: 502/504 from a proxy or load balancer in front of it, 503 while it
+# starts or has lost etcd.
+_NOT_SERVING = (502, 503, 504)
 
 
 class KubernetesError(EngineError):
     """The Kubernetes API's answer was an error."""
+
+
+def unreachable(e: KubernetesError) -> bool:
+    """Did the API server not answer (connection refused or reset, timeout,
+    TLS handshake) or answer only that it cannot serve now?"""
+    return e.status == 0 or e.status in _NOT_SERVING
 
 
 _CONNECTION_KEYS = ("kubeconfig", "context", "in_cluster", "server", "ca_file", "token_file",
