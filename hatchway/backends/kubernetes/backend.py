@@ -174,10 +174,11 @@ class KubernetesBackend(Backend):
         down = False
         while True:
             try:
-                # a hung API server must not hold the wait past its deadline
+                # a hung API server must not hold the wait long past its
+                # deadline (the client tries a GET that timed out 4 times)
+                left = deadline - time.monotonic()
                 pod = self.api.call("GET", f"/api/v1/namespaces/{self.ns}/pods/{name}",
-                                    timeout=max(1.0, min(REQUEST_TIMEOUT,
-                                                         deadline - time.monotonic())))
+                                    timeout=max(1.0, min(REQUEST_TIMEOUT, left / 4)))
                 down = False
             except KubernetesError as e:
                 if e.status == 404:
