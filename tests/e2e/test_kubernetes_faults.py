@@ -39,18 +39,38 @@ def cluster(cmd: str, check: bool = True) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture
-def kf(stack, k8s):
+def clients():
+    """ssh clients a test started: killed at its end, even when it fails
+    (a live session would keep its pod)."""
+    started = []
+    yield started
+    for c in started:
+        if isinstance(c, pexpect.spawn):
+            c.close(force=True)
+        elif c.poll() is None:
+            c.kill()
+            c.wait()
+
+
+@pytest.fixture
+def kf(stack, k8s, clients):
     """The stack on the test cluster; afterwards the API server runs and is
     ready (whatever the test did to it), and no session pod is left."""
     if k8s["external"]:
         pytest.skip("stops and starts the test cluster's own API server")
-    stack.reconfigure(k8s_config(k8s, stack.tmp))
+    cfg = k8s_config(k8s, stack.tmp)
+    # three sessions at once: at the default of a whole CPU each (requests
+    # = limits), the test node's 2 CPUs refuse the third pod (OutOfcpu)
+    cfg["policy"]["max_cpus"] = 0.25
+    stack.reconfigure(cfg)
     try:
         yield stack
     finally:
         cluster("thaw-apiserver", check=False)      # fails when it is not running
         if cluster("status", check=False).returncode != 0:
             cluster("start-apiserver")
+        for c in clients:       # a session the test left running keeps its pod
+            c.close(force=True) if isinstance(c, pexpect.spawn) else c.kill()
     # session processes delete their pods within seconds of the API server's
     # return; the reaper (every 60 s) takes what they could not
     wait_for(lambda: not pods(k8s), 150, 0.5, what="session pods to be deleted")
@@ -107,18 +127,21 @@ class Transfer:
         return rc, self.p.stderr.read()
 
 
-def test_apiserver_restarted_under_live_sessions(kf, k8s):
+def test_apiserver_restarted_under_live_sessions(kf, k8s, clients):
     before = daemon_pids()
     login_works(kf)             # the cluster answers before the fault
     quiet = subprocess.Popen(kf.ssh_argv("alice", "echo started; exec sleep 1000"),
                              stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE)
+    clients.append(quiet)
     assert quiet.stdout.readline() == b"started\n"
     shell = kf.spawn("bob")
+    clients.append(shell)
     shell.expect(r"[#$] ", timeout=90)
     shell.sendline("echo ready")
     shell.expect("ready")
     transfer = Transfer(kf)
+    clients.append(transfer.p)
     wait_for(lambda: transfer.got >= 1 << 20, 90, 0.05, what="1 MiB through the transfer")
     assert len(pods(k8s)) == 3
 
@@ -161,12 +184,13 @@ def test_apiserver_down_at_login(kf, k8s):
     wait_for(lambda: daemon_pids() == before, 30, 0.2, what="the session processes to exit")
 
 
-def test_apiserver_hung_at_login_and_under_a_live_session(kf, k8s):
+def test_apiserver_hung_at_login_and_under_a_live_session(kf, k8s, clients):
     """SIGSTOP: the API server keeps its connections and answers nothing.  A
     login is refused once the pod's creation times out (15 s, within the
     start deadline); a live session waits and carries on once it answers."""
     live = subprocess.Popen(kf.ssh_argv("bob", "echo started; exec cat"),
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    clients.append(live)
     assert live.stdout.readline() == b"started\n"
     cluster("freeze-apiserver")
     try:

@@ -151,3 +151,31 @@ def test_destroy_keeps_deleting_for_remove_for(monkeypatch):
     threading.Thread(target=lambda: (process(api).destroy(), done.set()), daemon=True).start()
     assert done.wait(10)
     assert kb.REMOVE_FOR - 2.0 <= sum(slept) <= kb.REMOVE_FOR
+
+
+def test_a_request_to_a_hung_api_server_times_out():
+    """A server that takes the connection and never answers (a SIGSTOPped
+    API server): the request ends with an unreachable error, even with a
+    float timeout, which the client library would silently drop."""
+    import socket
+    from types import SimpleNamespace
+
+    from hatchway.backends.kubernetes.api import Api
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    k = SimpleNamespace(kubeconfig=None, context=None, in_cluster=False,
+                        server=f"https://127.0.0.1:{listener.getsockname()[1]}", ca_file=None,
+                        token_file=None, cert_file=None, key_file=None)
+    api, out = Api(k), []
+
+    def post():
+        try:
+            api.call("POST", "/api/v1/namespaces/default/pods", {}, timeout=0.5)
+        except KubernetesError as e:
+            out.append(e)
+    t = threading.Thread(target=post, daemon=True)
+    t.start()
+    t.join(30)
+    listener.close()
+    assert not t.is_alive() and len(out) == 1 and unreachable(out[0])

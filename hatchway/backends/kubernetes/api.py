@@ -17,6 +17,7 @@ read ourselves (k8s_channel.py says why).
 from __future__ import annotations
 
 import json
+import logging
 import ssl
 from urllib.parse import quote, urlencode
 
@@ -90,6 +91,9 @@ class Api:
     def __init__(self, k):
         """`k`: the typed `kubernetes` settings."""
         from kubernetes import client
+        # urllib3 logs a warning for each of its retries of a refused
+        # connection; what failed is in the one line our caller logs
+        logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
         self.conf = configuration(k)
         self.client = client.ApiClient(self.conf)
 
@@ -103,7 +107,10 @@ class Api:
                 header_params={"Accept": "application/json",
                                "Content-Type": "application/json"},
                 body=body, auth_settings=["BearerToken"], _preload_content=False,
-                _request_timeout=timeout, _return_http_data_only=True)
+                # a pair: the client takes a single number only if it is an
+                # int, and silently drops a float (no timeout at all: a hung
+                # API server held a login for ever)
+                _request_timeout=(timeout, timeout), _return_http_data_only=True)
             data = resp.data
         except ApiException as e:
             raise KubernetesError(e.status or 0, _message(e.body) or e.reason or str(e)) from None
