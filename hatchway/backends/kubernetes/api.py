@@ -17,6 +17,7 @@ read ourselves (k8s_channel.py says why).
 from __future__ import annotations
 
 import json
+import logging
 import ssl
 from urllib.parse import quote, urlencode
 
@@ -24,10 +25,25 @@ from ..base import BackendError, EngineError
 from .channel import PROTOCOLS
 
 REQUEST_TIMEOUT = 15.0
+# What a user is told when the API server does not answer: at login, and when
+# it went away under a live session (its exec streams run through the API
+# server, so they end with it; the kubelet keeps the pod running).
+CLUSTER_DOWN = "the Kubernetes cluster is not reachable; try again later"
+CLUSTER_GONE = "the Kubernetes cluster became unreachable; this session has ended"
+# Statuses that say the API server is not serving, not that the request was
+# wrong: 502/504 from a proxy or load balancer in front of it, 503 while it
+# starts or has lost etcd.
+_NOT_SERVING = (502, 503, 504)
 
 
 class KubernetesError(EngineError):
     """The Kubernetes API's answer was an error."""
+
+
+def unreachable(e: KubernetesError) -> bool:
+    """Did the API server not answer (connection refused or reset, timeout,
+    TLS handshake) or answer only that it cannot serve now?"""
+    return e.status == 0 or e.status in _NOT_SERVING
 
 
 _CONNECTION_KEYS = ("kubeconfig", "context", "in_cluster", "server", "ca_file", "token_file",
@@ -75,6 +91,9 @@ class Api:
     def __init__(self, k):
         """`k`: the typed `kubernetes` settings."""
         from kubernetes import client
+        # urllib3 logs a warning for each of its retries of a refused
+        # connection; what failed is in the one line our caller logs
+        logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
         self.conf = configuration(k)
         self.client = client.ApiClient(self.conf)
 
@@ -88,7 +107,10 @@ class Api:
                 header_params={"Accept": "application/json",
                                "Content-Type": "application/json"},
                 body=body, auth_settings=["BearerToken"], _preload_content=False,
-                _request_timeout=timeout, _return_http_data_only=True)
+                # a pair: the client takes a single number only if it is an
+                # int, and silently drops a float (no timeout at all: a hung
+                # API server held a login for ever)
+                _request_timeout=(timeout, timeout), _return_http_data_only=True)
             data = resp.data
         except ApiException as e:
             raise KubernetesError(e.status or 0, _message(e.body) or e.reason or str(e)) from None

@@ -34,6 +34,16 @@ How a session runs, and why:
    a command killed by signal N reports 128+N.
 7. At the end the pod is deleted with gracePeriodSeconds=0 and waited for;
    the reaper deletes pods whose owning session process is gone.
+8. The API server going away: every exec stream runs through it (client ->
+   kube-apiserver -> kubelet), so a stopped or restarted API server ends
+   every live session's stream, without a status frame, while the kubelet
+   keeps the pod and the command running.  A stream that ends so, with an
+   API server that then does not answer, ends the session with CLUSTER_GONE;
+   the session process keeps deleting its pod until the API server is back
+   (REMOVE_FOR, then the reaper).  An API server that hangs (but keeps its
+   connections) holds the streams until it answers again: the session
+   resumes, nothing is lost.  At login a cluster that does not answer is
+   CLUSTER_DOWN, within the request timeout.
 """
 
 from __future__ import annotations
@@ -49,7 +59,7 @@ from .. import workspaces as W
 from ..base import SIGNALS, Backend, BackendError, ExitStatus, Found, Process, SessionSpec
 from ..exec_wrapper import FIFO_FAILED, read_pid, signal_argv, wrap
 from . import channel as ch
-from .api import Api, KubernetesError
+from .api import CLUSTER_DOWN, CLUSTER_GONE, REQUEST_TIMEOUT, Api, KubernetesError, unreachable
 
 log = logging.getLogger("hatchwayd")
 
@@ -68,6 +78,13 @@ IMAGE_ERRORS = {"ErrImagePull", "ImagePullBackOff", "ErrImageNeverPull", "Invali
                 "CreateContainerConfigError", "CreateContainerError", "RunContainerError",
                 "CrashLoopBackOff"}
 _LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
+# How long a session process keeps trying to delete its pod while the API
+# server does not answer (restarting): the client already has its answer;
+# past this the daemon's reaper deletes it.
+REMOVE_FOR = 60.0
+# Asking the API server whether it is there, after an exec stream ended
+# without a status: it has just refused or reset, or it answers at once.
+PROBE_TIMEOUT = 3.0
 
 
 def pod_name(spec: SessionSpec) -> str:
@@ -134,6 +151,8 @@ class KubernetesBackend(Backend):
         try:
             self.api.call("POST", f"/api/v1/namespaces/{self.ns}/pods", manifest)
         except KubernetesError as e:
+            if unreachable(e):
+                raise BackendError(CLUSTER_DOWN, f"cannot create the pod: {e}") from None
             raise BackendError(f"cannot create the pod: {e}") from None
         proc = None
         try:
@@ -152,13 +171,19 @@ class KubernetesBackend(Backend):
         deadline = time.monotonic() + timeout
         why = "the pod was not scheduled (is a scheduler running? does a node fit it?)"
         delay = 0.05
+        down = False
         while True:
             try:
-                pod = self.api.call("GET", f"/api/v1/namespaces/{self.ns}/pods/{name}")
+                # a hung API server must not hold the wait long past its
+                # deadline (the client tries a GET that timed out 4 times)
+                left = deadline - time.monotonic()
+                pod = self.api.call("GET", f"/api/v1/namespaces/{self.ns}/pods/{name}",
+                                    timeout=max(1.0, min(REQUEST_TIMEOUT, left / 4)))
+                down = False
             except KubernetesError as e:
                 if e.status == 404:
                     raise BackendError("the session's pod was deleted while starting") from None
-                pod, why = None, f"cannot read the pod: {e}"
+                pod, why, down = None, f"cannot read the pod: {e}", unreachable(e)
             if pod:
                 status = pod.get("status") or {}
                 for cond in status.get("conditions") or []:
@@ -185,6 +210,9 @@ class KubernetesBackend(Backend):
                     raise BackendError(f"the pod ended before the session started "
                                        f"({status.get('reason') or status.get('phase')})")
             if time.monotonic() >= deadline:
+                if down:
+                    raise BackendError(CLUSTER_DOWN, f"the session's pod did not start within "
+                                       f"{timeout:g}s: {why}")
                 raise BackendError(f"the session's pod did not start within {timeout:g}s: {why}")
             time.sleep(delay)
             # a pod usually runs within a second: a poll late by up to half
@@ -262,9 +290,12 @@ def _epoch(stamp) -> float | None:
         return None
 
 
-def delete_pod(api: Api, ns: str, name: str, wait: float = 20.0, grace: int = 0) -> bool:
+def delete_pod(api: Api, ns: str, name: str, wait: float = 20.0, grace: int = 0,
+               retry_for: float = 0.0) -> bool:
     """Delete (at once with grace 0) and, when `wait`, until the API no longer
-    has it.  True when it is gone or going.
+    has it.  True when it is gone or going.  While the API server does not
+    answer, the delete is tried again for `retry_for` seconds (backing off
+    to one try in 2 s); an error it does answer is not tried again.
 
     Grace 0 removes the API object at once, while the kubelet still tears the
     pod down for a second or two; a pod created meanwhile under the same name
@@ -272,12 +303,19 @@ def delete_pod(api: Api, ns: str, name: str, wait: float = 20.0, grace: int = 0)
     dying one (the 1.20 kubelet finds a pod by name among the running ones).
     With grace 1 the object stays until the kubelet has stopped the pod, so
     waiting for it to go means the old pod is really gone."""
-    try:
-        api.call("DELETE", f"/api/v1/namespaces/{ns}/pods/{name}",
-                 query={"gracePeriodSeconds": str(grace)})
-    except KubernetesError as e:
-        if e.status != 404:
-            return False
+    end, pause = time.monotonic() + retry_for, 0.2
+    while True:
+        try:
+            api.call("DELETE", f"/api/v1/namespaces/{ns}/pods/{name}",
+                     query={"gracePeriodSeconds": str(grace)})
+            break
+        except KubernetesError as e:
+            if e.status == 404:
+                break
+            if not unreachable(e) or time.monotonic() + pause > end:
+                return False
+        time.sleep(pause)
+        pause = min(pause * 2, 2.0)
     deadline = time.monotonic() + wait
     while time.monotonic() < deadline:
         try:
@@ -311,6 +349,9 @@ class KubernetesProcess(Process):
         try:
             return self.api.exec_socket(self.ns, self.pod, self.container, argv, **kw)
         except KubernetesError as e:
+            if unreachable(e):
+                raise BackendError(CLUSTER_DOWN, f"cannot run the command in the pod: {e}") \
+                    from None
             raise BackendError(f"cannot run the command in the pod: {e}") from None
 
     def start(self, argv: list[str], env: dict[str, str] | None = None) -> None:
@@ -402,8 +443,23 @@ class KubernetesProcess(Process):
     def exit_status(self, timeout: float | None = None) -> ExitStatus:
         st = self.frames.status if self.frames else None
         if st is None:
+            if not self._gone and self._cluster_gone():
+                return ExitStatus(255, CLUSTER_GONE)
             return ExitStatus(255, "lost the exit status of the command")
         return ExitStatus(st.code, st.message)
+
+    def _cluster_gone(self) -> bool:
+        """The stream ended without a status: was it the API server going
+        away (stopped, restarting), rather than the kubelet or the pod?"""
+        try:
+            self.api.call("GET", f"/api/v1/namespaces/{self.ns}/pods/{self.pod}",
+                          timeout=PROBE_TIMEOUT)
+        except KubernetesError as e:
+            if unreachable(e):
+                log.warning("the exec stream of pod %s ended and the API server does not "
+                            "answer: %s", self.pod, e)
+                return True
+        return False
 
     def destroy(self) -> None:
         with self._lock:
@@ -417,7 +473,9 @@ class KubernetesProcess(Process):
                 except Exception:
                     pass
         try:
-            delete_pod(self.api, self.ns, self.pod)
+            if not delete_pod(self.api, self.ns, self.pod, retry_for=REMOVE_FOR):
+                log.warning("could not delete pod %s (the API server refuses or does not "
+                            "answer); the reaper will", self.pod)
         except Exception as e:
             log.warning("cannot delete pod %s: %s", self.pod, e)
 

@@ -33,7 +33,7 @@ from .. import labels as L
 from .. import workspaces as W
 from ..base import BackendError, SessionSpec
 from ..exec_wrapper import signal_argv
-from .api import KubernetesError
+from .api import CLUSTER_DOWN, KubernetesError, unreachable
 from .backend import KubernetesProcess, delete_pod, pod_manifest, pod_metadata
 
 log = logging.getLogger("hatchwayd")
@@ -84,7 +84,8 @@ def ensure(backend, spec: SessionSpec, manifest: dict, container: str, rec: W.Re
             pod = api.call("GET", f"/api/v1/namespaces/{ns}/pods/{name}")
         except KubernetesError as e:
             if e.status != 404:
-                raise BackendError("cannot look for your workspace",
+                raise BackendError(CLUSTER_DOWN if unreachable(e) else
+                                   "cannot look for your workspace",
                                    f"cannot look for workspace pod {name}: {e}") from None
             pod = None
         if pod is None:
@@ -93,7 +94,8 @@ def ensure(backend, spec: SessionSpec, manifest: dict, container: str, rec: W.Re
             except KubernetesError as e:
                 if e.status == 409:
                     continue
-                raise BackendError("cannot create your workspace",
+                raise BackendError(CLUSTER_DOWN if unreachable(e) else
+                                   "cannot create your workspace",
                                    f"cannot create workspace pod {name}: {e}") from None
             rec.set_meta(started=time.time())
             log.info("workspace %s created for %s", name, spec.user)
