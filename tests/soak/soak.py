@@ -38,7 +38,7 @@ from pathlib import Path
 
 from tests.e2e import engine as engine_mod, tools_image
 from tests.e2e.engine import Engine, daemon_pids
-from tests.e2e.stack import SSHD_PORT, Stack, memory_kb, run, wait_for
+from tests.e2e.stack import SSHD_PORT, Stack, memory_kb, run, token_pid, wait_for
 
 DATA = Path("/srv/hatchway-soak")
 KINDS = ("exec", "pty", "sftp", "scp")
@@ -128,7 +128,7 @@ class Soak:
             for c in mine:
                 for kv in c["Labels"].split(","):
                     if kv.startswith("io.hatchway.process="):
-                        pid = int(kv.split(":")[-1])
+                        pid = token_pid(kv.split("=", 1)[1])
             if pid and pid not in daemon_pids():
                 pid = None
         if not pid:
