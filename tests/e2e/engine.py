@@ -127,7 +127,18 @@ def daemon_pids() -> set[int]:
             argv = (entry / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if any(a.endswith(b"/hatchwayd") for a in argv[:2]):
+        # argv is [python3, -I, /usr/sbin/hatchwayd, ...] (the shebang's
+        # interpreter and its option come first): looking only at the first
+        # two once found nothing, and every comparison of these sets passed
+        if any(a.endswith(b"/hatchwayd") for a in argv[:3]):
             pids.add(int(entry.name))
+    return pids
+
+
+def daemon_pids_now() -> set[int]:
+    """daemon_pids() of a running daemon: never the empty set, which would
+    make a comparison with it pass whatever happened."""
+    pids = daemon_pids()
+    assert pids, "no hatchwayd process found (is the daemon running?)"
     return pids
 

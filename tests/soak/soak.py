@@ -428,6 +428,9 @@ def main(argv=None) -> int:
         })
         soak.note_daemon()
         first_pid = soak.daemon_pid()
+        # the leftover count and the session-process fault rely on finding
+        # the daemon's processes by their command line
+        assert first_pid in daemon_pids(), "daemon_pids() does not see the daemon"
         mem_before = memory_kb(first_pid)
         print(f"soak: {a.sessions} sessions at concurrency {a.concurrency}, at most "
               f"{a.max_time:.0f}s, seed {a.seed}", flush=True)
