@@ -133,6 +133,26 @@ def stop(p: subprocess.Popen) -> None:
     p.wait(30)
 
 
+def through_L(hw, user: str, dest: str, port: int, checked: bool = True):
+    """curl of http://127.0.0.1:<a free port>/ through `ssh -N -L` to
+    dest:port, then the forward stopped.  `checked`: the client exits if a
+    forward cannot be set up (forwarder); off where sshd is expected to
+    refuse, with the client's listener waited for alone."""
+    lp = free_port()
+    if checked:
+        f = forwarder(hw, user, "-L", f"{lp}:{dest}:{port}")
+    else:
+        f = subprocess.Popen(hw.ssh_argv(user, None, options=("-N", "-L", f"{lp}:{dest}:{port}")),
+                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE)
+    try:
+        if not checked:
+            wait_for(lambda: _open(lp), 30, what="the -L listener")
+        return curl(f"http://127.0.0.1:{lp}/")
+    finally:
+        stop(f)
+
+
 # ---------------------------------------------------------------------------
 
 
@@ -142,13 +162,8 @@ def test_L_to_localhost_reaches_the_containers_service(hw):
     srv = Serving(hw, "alice")
     try:
         for dest in ("localhost", "127.0.0.1", "[::1]"):
-            lp = free_port()
-            f = forwarder(hw, "alice", "-L", f"{lp}:{dest}:{srv.port}")
-            try:
-                r = curl(f"http://127.0.0.1:{lp}/")
-                assert r.stdout.decode().strip() == CONTENT, (dest, r)
-            finally:
-                stop(f)
+            r = through_L(hw, "alice", dest, srv.port)
+            assert r.stdout.decode().strip() == CONTENT, (dest, r)
     finally:
         srv.close()
 
@@ -170,15 +185,10 @@ def test_L_never_reaches_the_hosts_loopback(hw, host_secret):
     srv = Serving(hw, "alice")
     try:
         for dest in ("localhost", "127.0.0.1", "[::1]"):
-            lp = free_port()
-            f = forwarder(hw, "alice", "-L", f"{lp}:{dest}:{host_secret}")
-            try:
-                r = curl(f"http://127.0.0.1:{lp}/")
-                # nothing listens on that port in the container: the channel
-                # opens and closes at once (curl: empty reply)
-                assert SECRET not in r.stdout and r.returncode != 0, (dest, r)
-            finally:
-                stop(f)
+            r = through_L(hw, "alice", dest, host_secret)
+            # nothing listens on that port in the container: the channel
+            # opens and closes at once (curl: empty reply)
+            assert SECRET not in r.stdout and r.returncode != 0, (dest, r)
         # and the host's service is there: the refusal is the redirect's doing
         assert curl(f"http://127.0.0.1:{host_secret}/").stdout == SECRET
     finally:
@@ -196,24 +206,11 @@ def test_L_to_another_users_container_is_refused(hw):
                   ctr["ID"]]).stdout.split()
         assert ip, "bob's container has no address"
         # bob's address: sshd's PermitOpen says no (loopback only)
-        lp = free_port()
-        f = subprocess.Popen(hw.ssh_argv("alice", None, options=(
-            "-N", "-L", f"{lp}:{ip[0]}:{bobs.port}")), stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        try:
-            wait_for(lambda: _open(lp), 30, what="the -L listener")
-            r = curl(f"http://127.0.0.1:{lp}/")
-            assert b"BOBS-CONTENT" not in r.stdout and r.returncode != 0, r
-        finally:
-            stop(f)
+        r = through_L(hw, "alice", ip[0], bobs.port, checked=False)
+        assert b"BOBS-CONTENT" not in r.stdout and r.returncode != 0, r
         # bob's port on localhost: alice's own container answers (or nothing), never bob's
-        lp = free_port()
-        f = forwarder(hw, "alice", "-L", f"{lp}:localhost:{bobs.port}")
-        try:
-            r = curl(f"http://127.0.0.1:{lp}/")
-            assert b"BOBS-CONTENT" not in r.stdout, r
-        finally:
-            stop(f)
+        r = through_L(hw, "alice", "localhost", bobs.port)
+        assert b"BOBS-CONTENT" not in r.stdout, r
     finally:
         mine.close()
         bobs.close()
@@ -224,17 +221,9 @@ def test_without_the_policy_forwarding_is_refused(hw, host_secret):
     srv = Serving(hw, "alice")
     try:
         for port in (srv.port, host_secret):
-            lp = free_port()
-            f = subprocess.Popen(hw.ssh_argv("alice", None, options=(
-                "-N", "-L", f"{lp}:localhost:{port}")), stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-            try:
-                wait_for(lambda: _open(lp), 30, what="the -L listener")
-                r = curl(f"http://127.0.0.1:{lp}/")
-                assert CONTENT.encode() not in r.stdout and SECRET not in r.stdout, r
-                assert r.returncode != 0
-            finally:
-                stop(f)
+            r = through_L(hw, "alice", "localhost", port, checked=False)
+            assert CONTENT.encode() not in r.stdout and SECRET not in r.stdout, r
+            assert r.returncode != 0
     finally:
         srv.close()
     assert "refused local port forward" in (hw.tmp / "sshd.log").read_text(errors="replace")
@@ -269,16 +258,8 @@ def test_without_the_guard_no_forwarding_option_is_given(hw, netguard, host_secr
     hw.stop_netguard()
     before = len(hw.auth_log())
     try:
-        lp = free_port()
-        f = subprocess.Popen(hw.ssh_argv("alice", None, options=(
-            "-N", "-L", f"{lp}:localhost:{host_secret}")), stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        try:
-            wait_for(lambda: _open(lp), 30, what="the -L listener")
-            r = curl(f"http://127.0.0.1:{lp}/")
-            assert SECRET not in r.stdout and r.returncode != 0, r
-        finally:
-            stop(f)
+        r = through_L(hw, "alice", "localhost", host_secret, checked=False)
+        assert SECRET not in r.stdout and r.returncode != 0, r
         wait_for(lambda: "port forwarding off" in hw.auth_log()[before:], 10,
                  what="hatchway-keys to log why")
     finally:
