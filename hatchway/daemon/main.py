@@ -62,6 +62,17 @@ def listen(path: str) -> socket.socket:
     return s
 
 
+def name_process(comm: str) -> None:
+    """Name a forked child in `ps -o comm`, top and pgrep: every process here
+    runs the same program with the same command line, and an admin (or a
+    test) must tell the session processes from the daemon's own."""
+    try:
+        with open("/proc/self/comm", "w") as f:
+            f.write(comm)
+    except OSError:
+        pass        # a nicety: a process without its name still works
+
+
 def run_reaper(cfg) -> int:
     """Fork a short-lived process that removes orphaned containers; its pid."""
     pid = os.fork()
@@ -69,6 +80,7 @@ def run_reaper(cfg) -> int:
         return pid
     try:
         os.setsid()
+        name_process("hwd-reaper")
         backend = registry.make(cfg)
         removed = backend.reap(labels.owner_alive)
         for name in removed:
@@ -119,6 +131,7 @@ class MetricsProcess:
         code = 1
         try:
             os.setsid()
+            name_process("hwd-metrics")
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             from . import metrics
             metrics.serve(self.cfg.daemon.socket, self.cfg.metrics.listen)
@@ -147,6 +160,7 @@ class MetricsProcess:
 def serve_session(conn: socket.socket, cfg) -> None:
     """Body of a forked session process."""
     os.setsid()
+    name_process("hwd-session")
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
         signal.signal(sig, signal.SIG_DFL)
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)

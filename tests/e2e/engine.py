@@ -118,27 +118,59 @@ class Engine:
 
 
 def daemon_pids() -> set[int]:
-    """Every hatchwayd process: the main one, the metrics one, one per session."""
-    pids = set()
+    """Every hatchwayd process: the main one, the metrics one, one per session,
+    a reaper while it runs."""
+    return set(_daemon_processes())
+
+
+def _daemon_processes() -> dict[int, str]:
+    """hatchwayd processes and their names (comm): hatchwayd for the main
+    one, hwd-metrics, hwd-session and hwd-reaper for its children."""
+    found = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
             argv = (entry / "cmdline").read_bytes().split(b"\0")
+            comm = (entry / "comm").read_text().strip()
         except OSError:
             continue
         # argv is [python3, -I, /usr/sbin/hatchwayd, ...] (the shebang's
         # interpreter and its option come first): looking only at the first
         # two once found nothing, and every comparison of these sets passed
         if any(a.endswith(b"/hatchwayd") for a in argv[:3]):
-            pids.add(int(entry.name))
-    return pids
+            found[int(entry.name)] = comm
+    return found
 
 
-def daemon_pids_now() -> set[int]:
-    """daemon_pids() of a running daemon: never the empty set, which would
+def daemon_own() -> set[int]:
+    """The daemon's long-lived processes (main and metrics): not the session
+    processes nor a reaper, which come and go on their own schedule (a
+    baseline that caught one could never be met again)."""
+    return {pid for pid, comm in _daemon_processes().items()
+            if comm not in ("hwd-session", "hwd-reaper")}
+
+
+def daemon_own_now() -> set[int]:
+    """daemon_own() of a running daemon: never the empty set, which would
     make a comparison with it pass whatever happened."""
-    pids = daemon_pids()
+    pids = daemon_own()
     assert pids, "no hatchwayd process found (is the daemon running?)"
     return pids
 
+
+def session_pids() -> set[int]:
+    return {pid for pid, comm in _daemon_processes().items() if comm == "hwd-session"}
+
+
+def wait_only_daemon_left(own: set[int], timeout: float, why: str) -> None:
+    """Wait until the same main and metrics processes as before are left and
+    no session process: what a fault test expects once the fault is over."""
+    def settled():
+        return daemon_own() == own and not session_pids()
+    try:
+        wait_for(settled, timeout, 0.2, what=why)
+    except TimeoutError as e:
+        raise TimeoutError(f"{e}: the daemon's own processes were {sorted(own)}, now "
+                           f"{sorted(daemon_own())}; session processes "
+                           f"{sorted(session_pids())}") from None

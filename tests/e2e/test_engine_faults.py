@@ -12,8 +12,9 @@ import subprocess
 import pexpect
 import pytest
 
-from .engine import HOST, Engine, daemon_pids, daemon_pids_now
-from .stack import IMAGE, wait_for
+from .engine import (HOST, Engine, daemon_own_now, session_pids,
+                     wait_only_daemon_left)
+from .stack import IMAGE
 
 ENGINE_GONE = b"hatchway: the container engine stopped or restarted; this session has ended\n"
 ENGINE_DOWN = b"hatchway: the container engine is not available; try again later\n"
@@ -50,7 +51,7 @@ def login_works(hw) -> None:
 
 
 def test_dockerd_restarted_under_live_sessions(hwe, engine):
-    before = daemon_pids_now()
+    own = daemon_own_now()
     login_works(hwe)            # the engine answers before the fault
     p = subprocess.Popen(hwe.ssh_argv("alice", "echo started; exec sleep 1000"),
                          stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -60,6 +61,9 @@ def test_dockerd_restarted_under_live_sessions(hwe, engine):
     shell.sendline("echo ready")
     shell.expect("ready")
     assert len(engine.containers()) == 2
+    # the sessions' processes are told apart from the daemon's own (else the
+    # checks for "none left" below could not fail)
+    assert len(session_pids()) == 2, session_pids()
 
     engine.restart()
 
@@ -73,14 +77,11 @@ def test_dockerd_restarted_under_live_sessions(hwe, engine):
     # once dockerd is back: the session processes removed their containers
     # and exited, the daemon's main process did not need a restart
     engine.wait_no_containers(timeout=90)
-    wait_for(lambda: daemon_pids() == before, 90, 0.2,
-             what=f"only the daemon's own processes {sorted(before)} (have "
-                  f"{sorted(daemon_pids())})")
+    wait_only_daemon_left(own, 90, "only the daemon's own processes")
     login_works(hwe)
     # the same main process served it (no restart was needed); its session
     # process removes the container after the client has its answer
-    wait_for(lambda: daemon_pids() == before, 60, 0.2,
-             what=f"the new login's session process to exit (have {sorted(daemon_pids())})")
+    wait_only_daemon_left(own, 60, "the new login's session process to exit")
 
 
 def test_dockerd_restarted_under_a_workspace_session(hwe, engine):
@@ -89,28 +90,27 @@ def test_dockerd_restarted_under_a_workspace_session(hwe, engine):
     starts the workspace again."""
     hwe.reconfigure({"docker": {"host": HOST, "network": "none"},
                      "session": {"mode": "persistent"}})
-    before = daemon_pids_now()
+    own = daemon_own_now()
     try:
         p = subprocess.Popen(hwe.ssh_argv("alice", "echo started; exec sleep 1000"),
                              stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE)
         assert p.stdout.readline() == b"started\n"
         assert len(engine.containers()) == 1
+        assert len(session_pids()) == 1, session_pids()
 
         engine.restart()
 
         out, err = p.communicate(timeout=120)
         assert (p.returncode, out, err) == (255, b"", ENGINE_GONE)
         login_works(hwe)            # the workspace, started again
-        wait_for(lambda: daemon_pids() == before, 90, 0.2,
-                 what=f"only the daemon's own processes {sorted(before)} (have "
-                      f"{sorted(daemon_pids())})")
+        wait_only_daemon_left(own, 90, "only the daemon's own processes")
     finally:
         subprocess.run(["hatchway", "workspaces", "rm", "alice"], capture_output=True)
 
 
 def test_dockerd_down_at_login(hwe, engine):
-    before = daemon_pids_now()
+    own = daemon_own_now()
     engine.stop()
     r = hwe.ssh("alice", "echo ran", timeout=120)
     assert (r.returncode, r.stdout, r.stderr) == (255, b"", ENGINE_DOWN)
@@ -118,7 +118,7 @@ def test_dockerd_down_at_login(hwe, engine):
     assert (r.returncode, r.stdout, r.stderr) == (255, b"", ENGINE_DOWN)
     engine.start()
     login_works(hwe)
-    wait_for(lambda: daemon_pids() == before, 30, 0.2, what="the session processes to exit")
+    wait_only_daemon_left(own, 30, "the session processes to exit")
 
 
 def test_dockerd_hung_at_login(hwe, engine):

@@ -24,7 +24,7 @@ import pytest
 from tests.k8s_cluster import CLUSTER
 
 from .backends import k8s_config, pods
-from .engine import daemon_pids, daemon_pids_now
+from .engine import daemon_own_now, session_pids, wait_only_daemon_left
 from .stack import wait_for
 
 CLUSTER_GONE = b"hatchway: the Kubernetes cluster became unreachable; this session has ended\n"
@@ -128,7 +128,7 @@ class Transfer:
 
 
 def test_apiserver_restarted_under_live_sessions(kf, k8s, clients):
-    before = daemon_pids_now()
+    own = daemon_own_now()
     login_works(kf)             # the cluster answers before the fault
     quiet = subprocess.Popen(kf.ssh_argv("alice", "echo started; exec sleep 1000"),
                              stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
@@ -144,6 +144,7 @@ def test_apiserver_restarted_under_live_sessions(kf, k8s, clients):
     clients.append(transfer.p)
     wait_for(lambda: transfer.got >= 1 << 20, 90, 0.05, what="1 MiB through the transfer")
     assert len(pods(k8s)) == 3
+    assert len(session_pids()) == 3, session_pids()   # told apart from the daemon's own
 
     cluster("stop-apiserver")
 
@@ -165,18 +166,15 @@ def test_apiserver_restarted_under_live_sessions(kf, k8s, clients):
     # once it is back: the session processes deleted their pods and exited,
     # the daemon's main process did not need a restart
     wait_for(lambda: not pods(k8s), 150, 0.5, what="the sessions' pods to be deleted")
-    wait_for(lambda: daemon_pids() == before, 90, 0.2,
-             what=f"only the daemon's own processes {sorted(before)} (have "
-                  f"{sorted(daemon_pids())})")
+    wait_only_daemon_left(own, 90, "only the daemon's own processes")
     login_works(kf)
     # the same main process served it (no restart was needed); its session
     # process removes the container after the client has its answer
-    wait_for(lambda: daemon_pids() == before, 60, 0.2,
-             what=f"the new login's session process to exit (have {sorted(daemon_pids())})")
+    wait_only_daemon_left(own, 60, "the new login's session process to exit")
 
 
 def test_apiserver_down_at_login(kf, k8s):
-    before = daemon_pids_now()
+    own = daemon_own_now()
     cluster("stop-apiserver")
     r = kf.ssh("alice", "echo ran", timeout=120)
     assert (r.returncode, r.stdout, r.stderr) == (255, b"", CLUSTER_DOWN)
@@ -184,7 +182,7 @@ def test_apiserver_down_at_login(kf, k8s):
     assert (r.returncode, r.stdout, r.stderr) == (255, b"", CLUSTER_DOWN)
     cluster("start-apiserver")
     login_works(kf)
-    wait_for(lambda: daemon_pids() == before, 30, 0.2, what="the session processes to exit")
+    wait_only_daemon_left(own, 30, "the session processes to exit")
 
 
 def test_apiserver_hung_at_login_and_under_a_live_session(kf, k8s, clients):

@@ -37,7 +37,7 @@ from collections import Counter
 from pathlib import Path
 
 from tests.e2e import engine as engine_mod, tools_image
-from tests.e2e.engine import Engine, daemon_pids
+from tests.e2e.engine import Engine, daemon_pids, session_pids
 from tests.e2e.stack import SSHD_PORT, Stack, memory_kb, run, token_pid, wait_for
 
 DATA = Path("/srv/hatchway-soak")
@@ -129,7 +129,7 @@ class Soak:
                 for kv in c["Labels"].split(","):
                     if kv.startswith("io.hatchway.process="):
                         pid = token_pid(kv.split("=", 1)[1])
-            if pid and pid not in daemon_pids():
+            if pid and pid not in session_pids():
                 pid = None
         if not pid:
             return False
@@ -348,25 +348,6 @@ class Soak:
 
 # ------------------------------------------------------------------ leftovers
 
-def session_processes(daemon_pid: int) -> list[int]:
-    """hatchwayd processes other than the main and the metrics process."""
-    metrics = set()
-    for pid in daemon_pids():
-        try:
-            if Path(f"/proc/{pid}/stat").read_text().split()[3] == str(daemon_pid) and \
-                    _listens(pid):
-                metrics.add(pid)
-        except OSError:
-            pass
-    return sorted(daemon_pids() - {daemon_pid} - metrics)
-
-
-def _listens(pid: int) -> bool:
-    """The metrics process holds a TCP listening socket; session processes do not."""
-    p = run(["ss", "-Hltnp"], check=False).stdout
-    return f"pid={pid}," in p
-
-
 def records() -> list[str]:
     try:
         return os.listdir("/run/hatchway/sessions")
@@ -453,14 +434,14 @@ def main(argv=None) -> int:
         pid = soak.daemon_pid()
 
         def quiet():
-            return not eng.containers() and not session_processes(pid) \
+            return not eng.containers() and not session_pids() \
                 and not user_processes(soak.users) and not records()
         try:
             wait_for(quiet, 90, 0.5, what="containers and session processes to be gone")
         except TimeoutError:
             pass
         containers = eng.containers()
-        procs = session_processes(pid)
+        procs = sorted(session_pids())
         users = user_processes(soak.users)
         left_records = records()
         fds = len(os.listdir(f"/proc/{pid}/fd"))
