@@ -26,6 +26,8 @@ SSH = ["ssh", "-i", "/root/alice", "-o", "IdentitiesOnly=yes", "-o", "BatchMode=
        "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
        "-o", "LogLevel=ERROR", "-o", "ConnectTimeout=30"]
 UNITS = ("hatchway.service", "hatchway-webhook.service")
+# installed, but neither enabled nor started by the package (debian/rules)
+NETGUARD = "hatchway-netguard.service"
 
 
 @pytest.fixture(scope="module")
@@ -42,6 +44,8 @@ def machine(deb, old_deb, docker_gid):
         # (Docker "arrives" in a test below), so no package's group takes its
         # gid.  No -o: a clash must fail, not hand the socket to another group.
         root.run(["groupadd", "-g", str(docker_gid), "hostdocker"])
+        # what port forwarding's guard needs (Recommends of the package)
+        root.apt_install("nftables", "busybox-static")
         for d in (deb, old_deb):
             root.put(d, f"/root/{d.name}")
         m = Machine(root)
@@ -149,8 +153,9 @@ def test_the_sandbox_is_in_force(machine):
 
 
 # `systemd-analyze security` overall exposure (0 = locked down, 10 = none),
-# measured 1.5 and 1.2 under Debian 12's systemd 252; the README quotes them.
-EXPOSURE_MAX = {"hatchway.service": 1.5, "hatchway-webhook.service": 1.2}
+# measured 1.5, 1.2 and 2.7 under Debian 12's systemd 252; the README quotes them.
+EXPOSURE_MAX = {"hatchway.service": 1.5, "hatchway-webhook.service": 1.2,
+                "hatchway-netguard.service": 2.7}
 
 
 def exposure(machine: Machine, unit: str) -> float:
@@ -261,6 +266,9 @@ def test_a_session_survives_the_upgrade(machine, deb):
     for unit in UNITS:
         assert machine.active(unit) == "active"
         assert machine.main_pid(unit) != before[unit], f"{unit} was not restarted"
+    # nftables is installed here, so a started guard would load its table and
+    # end every member's connection, this session's too
+    assert machine.active(NETGUARD) == "inactive"
     assert finish(p) == (8, "finished\n", "")
     assert ssh(machine, "exit 5").returncode == 5
 
@@ -302,6 +310,131 @@ def test_sessions_of_one_connection_share_its_container_under_the_sandbox(machin
         time.sleep(0.2)
 
 
+# capability numbers (linux/capability.h)
+CAP_KILL, CAP_SETGID, CAP_SETUID, CAP_NET_BIND_SERVICE, CAP_NET_ADMIN = 5, 6, 7, 10, 12
+
+
+def fetch(machine: Machine, url: str) -> subprocess.CompletedProcess:
+    return machine.run(["python3", "-c", "import sys, urllib.request; sys.stdout.write("
+                        f"urllib.request.urlopen({url!r}, timeout=30).read().decode())"],
+                       check=False, timeout=60)
+
+
+def forward(machine: Machine, local: int, remote: int) -> subprocess.Popen:
+    """`ssh -N -L` from inside the machine; returns once its port listens."""
+    # (127.0.0.1, not localhost: the test root's /etc/hosts does not name it)
+    p = machine.popen([*SSH, "-N", "-o", "ExitOnForwardFailure=yes", "-L",
+                       f"127.0.0.1:{local}:127.0.0.1:{remote}", "alice@127.0.0.1"],
+                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    end = time.monotonic() + 60
+    probe = f"exec 3<>/dev/tcp/127.0.0.1/{local}"
+    while machine.run(["bash", "-c", probe], check=False).returncode != 0:
+        assert p.poll() is None, p.stderr.read()
+        assert time.monotonic() < end, "ssh -L did not listen"
+        time.sleep(0.2)
+    return p
+
+
+def start_netguard(machine: Machine) -> None:
+    """Start the guard; return once its table covers alice."""
+    machine.run(["systemctl", "start", NETGUARD])
+    uid = machine.run(["id", "-u", "alice"]).stdout.strip()
+    end = time.monotonic() + 30
+    while uid not in machine.run(["cat", "/run/hatchway-netguard/uids"], check=False).stdout.split():
+        assert machine.active(NETGUARD) in ("active", "activating") and time.monotonic() < end, \
+            machine.run(["journalctl", "-u", NETGUARD, "-o", "cat"]).stdout
+        time.sleep(0.2)
+
+
+def end_client(machine: Machine, p: subprocess.Popen, pattern: str) -> str:
+    """End an ssh client running in the machine (the Popen is nsenter, which
+    passes no signal on) and return what it wrote to stderr."""
+    machine.run(["pkill", "-f", "--", pattern], check=False)
+    return p.communicate(timeout=60)[1]
+
+
+def test_the_port_forwarding_guard_runs_sandboxed_and_forwards(machine):
+    """Port forwarding is off by default and the package does not enable its
+    guard; an admin turns both on (README, Security: forwarding).  Then the
+    guard runs under its unit's sandbox and owns its table, the relay runs as
+    hatchway with no capability, `ssh -L` reaches the container's own
+    loopback, and once the guard stops its table and its list of covered uids
+    are gone and a new login gets no forwarding.  (The machine borrows the
+    host's dockerd, so the busybox the relay runs in the container is the
+    host's /bin/busybox; both come from busybox-static.)"""
+    assert machine.active(NETGUARD) == "inactive"
+    config = "/etc/hatchway/hatchway.yaml"
+    machine.run(["cp", config, "/root/hatchway.yaml.saved"])
+    machine.run(["sed", "-i", "s/^  # port_forwarding: false .*/  port_forwarding: true/", config])
+    machine.run(["systemctl", "restart", "hatchway.service"])
+    wait_ready(machine)
+    clients = []
+    try:
+        start_netguard(machine)
+        guard = machine.main_pid(NETGUARD)
+        status = machine.proc_status(guard)
+        assert (status["NoNewPrivs"], status["Seccomp"]) == ("1", "2"), status
+        wanted = sum(1 << c for c in (CAP_KILL, CAP_SETGID, CAP_SETUID, CAP_NET_BIND_SERVICE,
+                                      CAP_NET_ADMIN))
+        assert int(status["CapBnd"], 16) == wanted, status["CapBnd"]
+        mounts = machine.mounts_of(guard)
+        for path in ("/", "/etc", "/usr", "/var/lib", "/home", "/run/hatchway"):
+            assert "ro" in mount_for(mounts, path), path
+        assert "rw" in mount_for(mounts, "/run/hatchway-netguard")
+        hatchway_uid = machine.run(["id", "-u", "hatchway"]).stdout.strip()
+        relays = [pid for pid in machine.unit_pids(NETGUARD)
+                  if machine.proc_status(pid)["Uid"].split()[0] == hatchway_uid]
+        assert len(relays) == 1, machine.run(["systemd-cgls", "-u", NETGUARD]).stdout
+        relay = machine.proc_status(relays[0])
+        assert int(relay["CapEff"], 16) == 0 and int(relay["CapPrm"], 16) == 0, relay
+        table = machine.run(["nft", "list", "table", "inet", "hatchway"]).stdout
+        assert "flags owner" in table, table
+        # owned: not even root can delete it while the guard lives
+        assert machine.run(["nft", "delete", "table", "inet", "hatchway"],
+                           check=False).returncode != 0
+        score = exposure(machine, NETGUARD)
+        print(f"systemd-analyze security {NETGUARD}: {score}")
+        assert score <= EXPOSURE_MAX[NETGUARD], score
+
+        # a web server on the container's own loopback, reached with -L
+        server = start_session(machine, "echo started; exec httpd -f -p 127.0.0.1:8080 -h /etc")
+        clients.append((server, "exec httpd -f"))
+        tunnel = forward(machine, 18080, 8080)
+        clients.append((tunnel, "127.0.0.1:18080:"))
+        got = fetch(machine, "http://127.0.0.1:18080/hatchway-demo")
+        if (got.returncode, got.stdout) != (0, "inside a Hatchway demo container\n"):
+            raise AssertionError("\n".join([
+                got.stderr[-600:], "ssh -L said: " + end_client(machine, tunnel, "127.0.0.1:18080:"),
+                machine.run(["journalctl", "-n", "80", "-o", "cat"]).stdout]))
+
+        machine.run(["systemctl", "stop", NETGUARD])
+        assert machine.run(["nft", "list", "table", "inet", "hatchway"],
+                           check=False).returncode != 0
+        assert machine.run(["test", "-e", "/run/hatchway-netguard"], check=False).returncode == 1
+        # a new login: hatchway-keys finds no guard, so its key line allows no
+        # forwarding and sshd refuses the channel (ssh says why)
+        since = machine.run(["date", "+%Y-%m-%d %H:%M:%S"]).stdout.strip()
+        late = forward(machine, 18081, 8080)
+        assert fetch(machine, "http://127.0.0.1:18081/hatchway-demo").returncode != 0
+        end_client(machine, late, "127.0.0.1:18081:")
+        log = machine.run(["journalctl", "-u", "ssh", "-o", "cat", "--since", since]).stdout
+        assert "port forwarding off: uid" in log and "is not covered" in log, log
+        assert "refused local port forward: originator" in log and \
+            "target 127.0.0.1 port 8080" in log, log
+    finally:
+        for p, pattern in clients:
+            if p.poll() is None:
+                end_client(machine, p, pattern)
+        machine.run(["systemctl", "stop", NETGUARD], check=False)
+        machine.run(["cp", "/root/hatchway.yaml.saved", config])
+        machine.run(["systemctl", "restart", "hatchway.service"])
+        wait_ready(machine)
+    end = time.monotonic() + 30
+    while machine.containers():                 # the httpd session's container goes with it
+        assert time.monotonic() < end, machine.containers()
+        time.sleep(0.2)
+
+
 def test_everything_comes_back_after_a_reboot(machine):
     """/run is empty after a boot: tmpfiles must recreate /run/hatchway before
     the daemon starts (its sandbox needs the directory to exist)."""
@@ -326,10 +459,14 @@ def test_disabled_drop_in_lets_no_member_in(machine):
 # ------------------------------------------------------------------ remove, purge
 
 def test_remove_stops_the_services_and_lets_sessions_finish(machine):
+    # an admin had turned the forwarding guard on: it goes with the package
+    # (started before the session, since its start ends members' connections)
+    start_netguard(machine)
     p = start_session(machine, "echo started; sleep 4; echo finished; exit 11")
     machine.run(["dpkg", "-r", "hatchway"])
-    for unit in UNITS:
-        assert machine.active(unit) in ("inactive", "failed", "unknown")
+    for unit in (*UNITS, NETGUARD):
+        assert machine.active(unit) in ("inactive", "failed", "unknown"), unit
+    assert machine.run(["nft", "list", "table", "inet", "hatchway"], check=False).returncode != 0
     assert finish(p) == (11, "finished\n", "")
     # the session process removes its container after reporting the exit
     # status; then nothing of Hatchway runs any more
