@@ -123,23 +123,34 @@ def daemon_pids() -> set[int]:
     return set(_daemon_processes())
 
 
+DAEMON = b"/usr/sbin/hatchwayd"      # the installed package's, which the stack runs
+
+
 def _daemon_processes() -> dict[int, str]:
-    """hatchwayd processes and their names (comm): hatchwayd for the main
-    one, hwd-metrics, hwd-session and hwd-reaper for its children."""
+    """The installed hatchwayd's processes on this host and their names
+    (comm): hatchwayd for the main one, hwd-metrics, hwd-session and
+    hwd-reaper for its children.
+
+    Other test runs share the machine: the package tests boot containers
+    whose hatchwayd is /usr/sbin/hatchwayd too, but in a pid namespace of
+    their own (one such run's session process once failed a fault test here),
+    and unit tests run work trees' shim/hatchwayd.  Neither is counted.
+    """
+    mine = os.readlink("/proc/self/ns/pid")
     found = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
             argv = (entry / "cmdline").read_bytes().split(b"\0")
-            comm = (entry / "comm").read_text().strip()
+            if DAEMON not in argv[:3] or os.readlink(entry / "ns/pid") != mine:
+                continue
+            found[int(entry.name)] = (entry / "comm").read_text().strip()
         except OSError:
             continue
-        # argv is [python3, -I, /usr/sbin/hatchwayd, ...] (the shebang's
-        # interpreter and its option come first): looking only at the first
-        # two once found nothing, and every comparison of these sets passed
-        if any(a.endswith(b"/hatchwayd") for a in argv[:3]):
-            found[int(entry.name)] = comm
+        # (argv is [python3, -I, /usr/sbin/hatchwayd, ...]: the shebang's
+        # interpreter and its option come first; looking only at the first
+        # two once found nothing, and every comparison of these sets passed)
     return found
 
 
