@@ -132,7 +132,7 @@ class Api:
     def portforward_socket(self, ns: str, pod: str, port: int,
                            timeout: float = REQUEST_TIMEOUT):
         """A connected websocket forwarding to `port` of the pod
-        (kubernetes/portforward.py has the protocol)."""
+        (backends/kubernetes/portforward.py has the protocol)."""
         return self.websocket(f"/api/v1/namespaces/{quote(ns)}/pods/{quote(pod)}/portforward",
                               [("ports", str(int(port)))], PF_PROTOCOLS, timeout)
 
