@@ -275,8 +275,12 @@ def test_check_reports_port_forwarding_where_it_cannot_work(tmp_path):
     assert port_problems(cfg(True), str(uids), busybox="/bin/sh") == []
     [p] = port_problems(cfg(True), str(tmp_path / "none"), busybox="/bin/sh")
     assert "hatchway-netguard is not running" in p
-    [p] = port_problems(cfg(groups={"dev": {"session": {"port_forwarding": True}}},
-                            backend="kubernetes"), str(uids))
-    assert "kubernetes backend" in p
+    # Kubernetes forwards through the API server: no busybox, the guard still
+    kube = cfg(groups={"dev": {"session": {"port_forwarding": True}}}, backend="kubernetes")
+    assert port_problems(kube, str(uids), busybox=str(tmp_path / "nobusybox")) == []
+    [p] = port_problems(kube, str(tmp_path / "none"))
+    assert "hatchway-netguard is not running" in p
+    [p] = port_problems(cfg(True, backend="elsewhere"), str(uids))
+    assert "elsewhere backend cannot forward ports" in p
     [p] = port_problems(cfg(True), str(uids), busybox=str(tmp_path / "nobusybox"))
     assert "busybox-static" in p
