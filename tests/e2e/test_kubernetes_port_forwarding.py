@@ -7,8 +7,11 @@ matter; its helpers (busybox httpd on a random port in the pod, `ssh -N -L`,
 curl) are shared."""
 
 import hashlib
+import os
 import re
+import select
 import subprocess
+import time
 
 import pytest
 
@@ -34,6 +37,21 @@ def kfw(stack, k8s, request):
         run(["hatchway", "workspaces", "rm", "alice"], check=False)
     wait_for(lambda: not pods(k8s), 150, 0.2,
              what=f"pods to be deleted (left: {[p['metadata']['name'] for p in pods(k8s)]})")
+
+
+def readline(stream, timeout: float = 60) -> bytes:
+    """One line from a pipe, or what came before the deadline (no hang)."""
+    out = b""
+    deadline = time.monotonic() + timeout
+    while not out.endswith(b"\n"):
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([stream], [], [], left)[0]:
+            break
+        byte = os.read(stream.fileno(), 1)
+        if not byte:
+            break
+        out += byte
+    return out
 
 
 def relay_lines(hw, since: int) -> list[str]:
@@ -137,3 +155,39 @@ def test_an_editor_style_server_carries_10_mb_over_L_and_D(stack, k8s, mode, req
         if mode == "persistent":
             run(["hatchway", "workspaces", "rm", "alice"], check=False)
         wait_for(lambda: not pods(k8s), 150, 0.2, what="pods to be deleted")
+
+
+def test_the_clients_eof_is_held_and_its_close_ends_the_forward_in_the_pod(kfw):
+    """v4 portforward has no half-close (README, Security: forwarding): after
+    the client's EOF the pod's server still gets to answer, and once the
+    client has gone the forward ends in the pod too (nothing left over)."""
+    # busybox nc in the pod: what arrives goes to /tmp/got; a second after it
+    # arrived (so well after the client's EOF) the reply goes out through a FIFO
+    script = ("port=$((20000 + $$ % 20000)); mkfifo /tmp/reply; "
+              "(nc -l -p $port < /tmp/reply > /tmp/got; echo ENDED $(cat /tmp/got)) & "
+              "exec 3>/tmp/reply; echo PORT $port; "
+              "while [ ! -s /tmp/got ]; do sleep 0.1; done; sleep 1; "
+              "echo late-reply >&3; wait")
+    srv = subprocess.Popen(kfw.ssh_argv("alice", script), stdin=subprocess.DEVNULL,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        line = readline(srv.stdout).decode()
+        assert line.startswith("PORT "), (line, srv.stderr.read().decode()[-500:]
+                                          if srv.poll() is not None else "")
+        port = int(line.split()[1])
+        c = subprocess.Popen(kfw.ssh_argv("alice", None, options=("-W", f"localhost:{port}")),
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE)
+        try:
+            c.stdin.write(b"hello\n")
+            c.stdin.close()                     # the client's EOF
+            assert readline(c.stdout) == b"late-reply\n"
+        finally:
+            c.kill()                            # the client goes: sshd closes its socket
+            c.wait(30)
+        # the relay sees the close and drops the websocket: the pod's nc ends
+        assert readline(srv.stdout) == b"ENDED hello\n"
+    finally:
+        if srv.poll() is None:
+            srv.terminate()
+        srv.wait(30)
