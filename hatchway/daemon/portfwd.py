@@ -126,7 +126,9 @@ class Relay:
         elif cfg["backend"] == "kubernetes":
             from .portfwd_k8s import KubernetesWay
             from hatchway.backends.kubernetes.backend import KubernetesBackend
-            way = KubernetesWay(KubernetesBackend(typed))
+            def make():
+                return KubernetesBackend(typed)
+            way = KubernetesWay(make(), fresh=make if typed.kubernetes.token_file else None)
         else:
             policy, way = {"default": False, "groups": []}, None    # no way in: refuse all
         with self.lock:

@@ -50,10 +50,12 @@ def mine(found, user: str, host: str) -> bool:
 
 class KubernetesWay:
     """Forwards into pods.  `backend`: a KubernetesBackend (its API client
-    and namespace)."""
+    and namespace); `fresh`, when set, makes a new one for each forward (a
+    `token_file` is read again each time: service-account tokens rotate)."""
 
-    def __init__(self, backend):
+    def __init__(self, backend, fresh=None):
         self.backend = backend
+        self.fresh = fresh
 
     @staticmethod
     def client_held(conn: socket.socket) -> bool:
@@ -64,9 +66,9 @@ class KubernetesWay:
         except OSError:
             return False    # not even the relay's own end is there any more
 
-    def pick(self, user: str):
+    def pick(self, user: str, backend=None):
         from .portfwd import pick_rank
-        found = [f for f in self.backend.list(user) if mine(f, user, L.host_id())]
+        found = [f for f in (backend or self.backend).list(user) if mine(f, user, L.host_id())]
         if not found:
             return None
         return min(found, key=lambda f: pick_rank(f.labels.get(L.MODE, ""), f.created))
@@ -74,7 +76,8 @@ class KubernetesWay:
     def forward(self, conn: socket.socket, user: str, port: int) -> None:
         from hatchway.backends.kubernetes.api import KubernetesError
         try:
-            pod = self.pick(user)
+            backend = self.fresh() if self.fresh else self.backend
+            pod = self.pick(user, backend)
         except BackendError as e:
             log.warning("refused user=%s port=%d: %s", user, port, e)
             return
@@ -83,8 +86,8 @@ class KubernetesWay:
             return
         started = time.monotonic()
         try:
-            ws = self.backend.api.portforward_socket(self.backend.ns, pod.name, port,
-                                                     timeout=CONNECT_TIMEOUT)
+            ws = backend.api.portforward_socket(backend.ns, pod.name, port,
+                                                timeout=CONNECT_TIMEOUT)
         except KubernetesError as e:
             log.warning("refused user=%s port=%d pod=%s: portforward: %s", user, port,
                         pod.name, e)
