@@ -231,3 +231,19 @@ def test_no_pod_and_an_unreachable_api_server_are_one_log_line_each(fake, caplog
     assert fake.paths == []
     a.close()
     b.close()
+
+
+def test_with_a_fresh_backend_factory_each_forward_gets_a_new_client(caplog):
+    made = []
+
+    def fresh():
+        made.append(FakeBackend(pods=[]))
+        return made[-1]
+    way = K.KubernetesWay(FakeBackend(fail="the cached client must not be used"), fresh=fresh)
+    for _ in range(2):
+        a, b = socket.socketpair()
+        way.forward(b, "alice", 1234)
+        a.close()
+        b.close()
+    assert len(made) == 2
+    assert "cached" not in caplog.text
