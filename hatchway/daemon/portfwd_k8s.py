@@ -75,6 +75,7 @@ class KubernetesWay:
 
     def forward(self, conn: socket.socket, user: str, port: int) -> None:
         from hatchway.backends.kubernetes.api import KubernetesError
+        started = time.monotonic()
         try:
             backend = self.fresh() if self.fresh else self.backend
             pod = self.pick(user, backend)
@@ -84,7 +85,6 @@ class KubernetesWay:
         if pod is None:
             log.warning("refused user=%s port=%d: no running pod", user, port)
             return
-        started = time.monotonic()
         try:
             ws = backend.api.portforward_socket(backend.ns, pod.name, port,
                                                 timeout=CONNECT_TIMEOUT)
@@ -92,7 +92,8 @@ class KubernetesWay:
             log.warning("refused user=%s port=%d pod=%s: portforward: %s", user, port,
                         pod.name, e)
             return
-        log.info("forward user=%s port=%d pod=%s (websocket up in %d ms)", user, port,
+        # the setup cost: listing the pods, then the websocket's handshake
+        log.info("forward user=%s port=%d pod=%s (up in %d ms)", user, port,
                  pod.name, (time.monotonic() - started) * 1000)
         reader = PF.PortReader(port)
         out = threading.Thread(target=from_pod, args=(ws, reader, conn, user, pod.name),

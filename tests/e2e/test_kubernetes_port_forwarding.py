@@ -145,7 +145,7 @@ def test_an_editor_style_server_carries_10_mb_over_L_and_D(stack, k8s, mode, req
             finally:
                 stop(f)
             # what a forward's setup cost, as the relay logged it (for the report, not asserted)
-            ms = [int(m) for m in re.findall(r"websocket up in (\d+) ms",
+            ms = [int(m) for m in re.findall(r"pod=\S+ \(up in (\d+) ms",
                                              stack.netguard_log()[before:])]
             print(f"forward setup ({mode}): {ms} ms")
             assert ms, stack.netguard_log()[before:][-2000:]
