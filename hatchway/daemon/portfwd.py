@@ -197,8 +197,6 @@ class Relay:
                              name="fwd-conn").start()
 
 
-
-
 class DockerWay:
     """How a forward reaches 127.0.0.1:PORT in a Docker container: `docker
     exec` of the bind-mounted busybox `nc` there, bytes copied both ways with

@@ -60,11 +60,12 @@ class KubernetesWay:
     @staticmethod
     def client_held(conn: socket.socket) -> bool:
         """Is the client's socket (sshd's) still open, only its write side
-        shut down?  The kernel knows (sock_diag); an error means yes."""
+        shut down?  The kernel knows (sock_diag; when it cannot answer, yes:
+        keep the forward).  No, once even the relay's own end is unusable."""
         try:
             return P.peer_held(conn.family, conn.getpeername()[:2], P.original_dst(conn))
         except OSError:
-            return False    # not even the relay's own end is there any more
+            return False
 
     def pick(self, user: str, backend=None):
         from .portfwd import pick_rank

@@ -89,6 +89,26 @@ def test_the_kernel_names_the_owner_of_a_real_connection(family, addr):
             s.close()
 
 
+def test_the_kernel_tells_a_shut_down_write_side_from_a_closed_socket():
+    """What the Kubernetes way asks while it holds a client's EOF
+    (daemon/portfwd_k8s.py): sshd only shut down its write side, or closed."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(1)
+    cli = socket.create_connection(srv.getsockname())
+    conn, peer = srv.accept()
+    try:
+        assert P.peer_held(socket.AF_INET, peer, srv.getsockname())
+        cli.shutdown(socket.SHUT_WR)
+        assert conn.recv(1) == b""              # an EOF, as after a close
+        assert P.peer_held(socket.AF_INET, peer, srv.getsockname())
+        cli.close()
+        assert not P.peer_held(socket.AF_INET, peer, srv.getsockname())
+    finally:
+        for s in (cli, conn, srv):
+            s.close()
+
+
 @pytest.mark.parametrize("addr,port,ok", [
     ("127.0.0.1", 8080, True), ("127.0.0.2", 8080, True), ("::1", 3000, True),
     ("127.0.0.1", 1, False),            # the canary's port
