@@ -191,3 +191,38 @@ def test_the_clients_eof_is_held_and_its_close_ends_the_forward_in_the_pod(kfw):
         if srv.poll() is None:
             srv.terminate()
         srv.wait(30)
+
+
+@pytest.mark.fwd({"port_forwarding": True, "mode": "persistent"})
+def test_api_server_down_or_pod_gone_ends_that_forward_and_the_relay_serves_on(kfw, k8s):
+    """Each failure closes the one forward with one relay log line; the next
+    forward works once the cause is gone.  busybox httpd runs on as a daemon
+    in the workspace pod after the session that started it."""
+    if k8s["external"]:
+        pytest.skip("stops and starts the test cluster's own API server")
+    from .test_kubernetes_faults import cluster
+    srv = Serving(kfw, "alice")
+    srv.close()
+    assert through_L(kfw, "alice", "localhost", srv.port).stdout.decode().strip() == CONTENT
+    before = len(kfw.netguard_log())
+    cluster("stop-apiserver")
+    try:
+        r = through_L(kfw, "alice", "localhost", srv.port)
+        assert CONTENT.encode() not in r.stdout and r.returncode != 0, r
+    finally:
+        cluster("start-apiserver")
+    # (the client's listener probe is a forward too: one line for each)
+    down = [ln for ln in relay_lines(kfw, before) if "refused user=alice" in ln]
+    assert down and all("cannot list session pods" in ln for ln in down), \
+        relay_lines(kfw, before)
+    wait_for(lambda: (lambda r: r if r.stdout.decode().strip() == CONTENT else None)(
+        through_L(kfw, "alice", "localhost", srv.port)), 60, 1,
+        what="a forward to work again after the API server's return")
+    # the pod gone: nothing to forward to
+    run(["hatchway", "workspaces", "rm", "alice"])
+    wait_for(lambda: not pods(k8s), 150, 0.2, what="the workspace pod to go")
+    before = len(kfw.netguard_log())
+    r = through_L(kfw, "alice", "localhost", srv.port)
+    assert CONTENT.encode() not in r.stdout and r.returncode != 0, r
+    assert any("no running pod" in ln for ln in relay_lines(kfw, before)), \
+        kfw.netguard_log()[before:]
