@@ -75,19 +75,20 @@ def agent_problems(cfg, backend_can: bool) -> list[str]:
 
 def port_problems(cfg, uids_file: str | None = None, busybox: str = "/bin/busybox") -> list[str]:
     """session.port_forwarding turned on (top level or a `groups:` entry)
-    where it cannot work: another backend than Docker, no static busybox to
-    mount, or hatchway-netguard not running (then hatchway-keys gives no one
-    the option: fail closed, but nobody can forward either)."""
+    where it cannot work: a backend with no way into its containers (Docker
+    and Kubernetes have one), no static busybox to mount (Docker), or
+    hatchway-netguard not running (then hatchway-keys gives no one the
+    option: fail closed, but nobody can forward either)."""
     from hatchway.core import portfwd
     scopes = [cfg.session.port_forwarding]
     scopes += [(g.get("session") or {}).get("port_forwarding") for g in cfg.groups.values()]
     if not any(scopes):
         return []
-    if cfg.backend != "docker":
+    if cfg.backend not in ("docker", "kubernetes"):
         return [f"session.port_forwarding is on, but the {cfg.backend} backend cannot "
                 "forward ports yet (every forward is refused)"]
     out = []
-    if not os.access(busybox, os.X_OK):
+    if cfg.backend == "docker" and not os.access(busybox, os.X_OK):
         out.append(f"session.port_forwarding is on, but {busybox} is missing "
                    "(install busybox-static)")
     if not os.path.exists(uids_file or portfwd.UIDS_FILE):

@@ -235,7 +235,7 @@ class Session:
     # (keys/compiled_config.py); the config webhook can never turn it on.
     agent_forwarding: bool = T("bool", False)
     # `ssh -L/-D/-W localhost:PORT` reaching 127.0.0.1:PORT inside the
-    # user's container (daemon/portfwd.py, daemon/netguard.py): off unless the
+    # user's container or pod (daemon/portfwd.py, daemon/netguard.py): off unless the
     # admin turns it on here or in a `groups:` entry.  hatchway-keys and the
     # relay read the same two places of the file; the config webhook never
     # widens it.

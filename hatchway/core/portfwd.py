@@ -87,6 +87,16 @@ def parse_sockdiag_reply(data: bytes, src: tuple[str, int],
                          dst: tuple[str, int]) -> int | None:
     """The owner uid from the kernel's inet_diag_msg, or None (an error
     answer, a short one, or one about another socket)."""
+    found = parse_sockdiag_owner(data, src, dst)
+    return found[0] if found else None
+
+
+def parse_sockdiag_owner(data: bytes, src: tuple[str, int],
+                         dst: tuple[str, int]) -> tuple[int, int] | None:
+    """(uid, inode) from the kernel's inet_diag_msg, or None.  The inode is
+    0 once no process holds the socket any more (closed, the kernel still
+    finishing the TCP close): how a shut-down write side is told from a
+    closed connection."""
     if len(data) < 16:
         return None
     length, typ = struct.unpack_from("=IH", data, 0)
@@ -98,22 +108,35 @@ def parse_sockdiag_reply(data: bytes, src: tuple[str, int],
     if (sport, dport) != (src[1], dst[1]) or saddr != _addr16(src[0]) \
             or daddr != _addr16(dst[0]):
         return None
-    uid = struct.unpack_from("=I", data, off + 4 + 48 + 12)[0]
-    return uid
+    # inet_diag_msg: 4 bytes, the 48-byte id, expires, rqueue, wqueue, uid, inode
+    return struct.unpack_from("=II", data, off + 4 + 48 + 12)
+
+
+def _sockdiag(family: int, src: tuple[str, int], dst: tuple[str, int]) -> bytes:
+    s = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_SOCK_DIAG)
+    try:
+        s.settimeout(2)
+        s.sendto(sockdiag_request(family, src, dst), (0, 0))
+        return s.recv(65536)
+    finally:
+        s.close()
 
 
 def peer_uid(family: int, src: tuple[str, int], dst: tuple[str, int]) -> int | None:
     """The uid owning the TCP socket src -> dst in this network namespace.
     `src` is the relay's peer address, `dst` the *original* destination: the
     connecting socket still sees the address it asked for, not the relay's."""
-    s = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_SOCK_DIAG)
+    return parse_sockdiag_reply(_sockdiag(family, src, dst), src, dst)
+
+
+def peer_held(family: int, src: tuple[str, int], dst: tuple[str, int]) -> bool:
+    """Does a process still hold the connecting socket (sshd after only
+    shutting down its write side), or has it been closed?"""
     try:
-        s.settimeout(2)
-        s.sendto(sockdiag_request(family, src, dst), (0, 0))
-        data = s.recv(65536)
-    finally:
-        s.close()
-    return parse_sockdiag_reply(data, src, dst)
+        found = parse_sockdiag_owner(_sockdiag(family, src, dst), src, dst)
+    except OSError:
+        return True         # cannot tell: keep the forward
+    return bool(found and found[1])
 
 
 def destination_ok(addr: str, port: int) -> bool:

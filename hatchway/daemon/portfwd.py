@@ -11,12 +11,16 @@ connects of sshd's per-connection children, which run as the user.  For each:
   3. the canary: a canary uid asking for 127.0.0.1:1 gets the banner, nothing else;
   4. the policy: the user's `session.port_forwarding` in the file config
      (top level, then `groups:` entries in file order, as hatchway-keys reads it);
-  5. which container: the user's running container on this host, the
-     persistent or connection workspace first, else the newest session
-     container (all of them the user's own: README, Security: forwarding);
-  6. `docker exec` of the bind-mounted busybox `nc 127.0.0.1 PORT` in it, and
-     bytes copied both ways with half-close (stdin EOF: busybox nc shuts down
-     its write side and keeps reading).
+  5. the way in, per backend (the configured `backend:`):
+     - Docker (DockerWay, here): the user's running container on this host,
+       the persistent or connection workspace first, else the newest session
+       container (all of them the user's own: README, Security: forwarding);
+       `docker exec` of the bind-mounted busybox `nc 127.0.0.1 PORT` in it,
+       bytes copied both ways with half-close (stdin EOF: busybox nc shuts
+       down its write side and keeps reading);
+     - Kubernetes (KubernetesWay, portfwd_k8s.py): the user's running pod, by
+       the same rule, and the pod's `portforward` subresource to 127.0.0.1:PORT
+       (no half-close there: the client's EOF is held; portfwd_k8s.py says how).
 
 A refused forward is a connection closed at once: sshd has already told the
 client the channel is open, so the client sees an empty reply.
@@ -58,13 +62,19 @@ def listen_fds(env=os.environ) -> list[socket.socket]:
     return [socket.socket(fileno=3 + i) for i in range(n)]
 
 
+def pick_rank(mode: str, created) -> tuple:
+    """The order forwards choose among a user's running containers or pods:
+    a workspace first (what an editor expects: one environment), else the
+    newest."""
+    return MODE_ORDER.get(mode, 3), -float(created or 0)
+
+
 def pick_container(containers: list[dict]) -> dict | None:
-    """Running containers of one user: a workspace first (what an editor
-    expects: one environment), else the newest."""
+    """Running Docker containers of one user: the one a forward goes to."""
     if not containers:
         return None
-    return sorted(containers, key=lambda c: (
-        MODE_ORDER.get((c.get("Labels") or {}).get(L.MODE, ""), 3), -int(c.get("Created") or 0)))[0]
+    return min(containers, key=lambda c: pick_rank((c.get("Labels") or {}).get(L.MODE, ""),
+                                                  c.get("Created")))
 
 
 class Demux:
@@ -92,7 +102,7 @@ class Relay:
         self.open: dict[int, int] = {}
         self._conf_tag = None
         self._policy = {"default": False, "groups": []}
-        self._api = None
+        self._way = None
         self.canary_uids = {os.getuid()}
         try:
             self.canary_uids.add(pwd.getpwnam("hatchway-keys").pw_uid)
@@ -106,18 +116,24 @@ class Relay:
         tag = (st.st_ino, st.st_size, st.st_mtime_ns)
         with self.lock:
             if tag == self._conf_tag:
-                return self._policy, self._api
-        from hatchway.backends.docker.backend import api_for
+                return self._policy, self._way
         from hatchway.core import config as config_mod
         cfg = config_mod.load(self.config_path)
-        if cfg["backend"] != "docker":
-            policy = {"default": False, "groups": []}   # Docker only (README)
+        typed = config_mod.typed(cfg)
+        policy = switch_policy(cfg, "port_forwarding")
+        if cfg["backend"] == "docker":
+            way = DockerWay(typed)
+        elif cfg["backend"] == "kubernetes":
+            from .portfwd_k8s import KubernetesWay
+            from hatchway.backends.kubernetes.backend import KubernetesBackend
+            def make():
+                return KubernetesBackend(typed)
+            way = KubernetesWay(make(), fresh=make if typed.kubernetes.token_file else None)
         else:
-            policy = switch_policy(cfg, "port_forwarding")
-        api = api_for(config_mod.typed(cfg).docker)
+            policy, way = {"default": False, "groups": []}, None    # no way in: refuse all
         with self.lock:
-            self._conf_tag, self._policy, self._api = tag, policy, api
-        return policy, api
+            self._conf_tag, self._policy, self._way = tag, policy, way
+        return policy, way
 
     # -- one connection
 
@@ -164,32 +180,11 @@ class Relay:
         except KeyError:
             log.warning("refused uid=%d: no such account", uid)
             return
-        policy, api = self._config()
+        policy, way = self._config()
         if not switch_allows(policy, user_groups(pw.pw_name, pw.pw_gid)):
             log.warning("refused user=%s port=%d: session.port_forwarding is off", pw.pw_name, port)
             return
-        running = api.list([f"{L.MANAGED}=true", f"{L.USER}={pw.pw_name}",
-                            f"{L.HOST}={L.host_id()}"], all_=False)
-        # the label filter is the engine's; check it again on what came back
-        running = [c for c in running if (c.get("Labels") or {}).get(L.USER) == pw.pw_name]
-        target = pick_container(running)
-        if target is None:
-            log.warning("refused user=%s port=%d: no running container", pw.pw_name, port)
-            return
-        cid = target["Id"]
-        eid = api.exec_create(cid, {"Cmd": [BUSYBOX, "nc", "127.0.0.1", str(port)],
-                                    "AttachStdin": True, "AttachStdout": True,
-                                    "AttachStderr": True, "Tty": False})
-        stream = api.hijack("POST", f"/exec/{eid}/start", body={"Detach": False, "Tty": False})
-        log.info("forward user=%s port=%d container=%s", pw.pw_name, port, cid[:12])
-        try:
-            out = threading.Thread(target=_from_container, args=(stream, conn), daemon=True,
-                                   name="fwd-out")
-            out.start()
-            pump(conn, stream.sock)
-            out.join()
-        finally:
-            stream.close()
+        way.forward(conn, pw.pw_name, port)
 
     def serve(self, listener: socket.socket) -> None:
         while True:
@@ -202,6 +197,40 @@ class Relay:
                              name="fwd-conn").start()
 
 
+class DockerWay:
+    """How a forward reaches 127.0.0.1:PORT in a Docker container: `docker
+    exec` of the bind-mounted busybox `nc` there, bytes copied both ways with
+    half-close (the client's EOF becomes nc's stdin EOF: busybox nc shuts
+    down its write side and keeps reading)."""
+
+    def __init__(self, typed_cfg):
+        from hatchway.backends.docker.backend import api_for
+        self.api = api_for(typed_cfg.docker)
+
+    def forward(self, conn: socket.socket, user: str, port: int) -> None:
+        api = self.api
+        running = api.list([f"{L.MANAGED}=true", f"{L.USER}={user}",
+                            f"{L.HOST}={L.host_id()}"], all_=False)
+        # the label filter is the engine's; check it again on what came back
+        running = [c for c in running if (c.get("Labels") or {}).get(L.USER) == user]
+        target = pick_container(running)
+        if target is None:
+            log.warning("refused user=%s port=%d: no running container", user, port)
+            return
+        cid = target["Id"]
+        eid = api.exec_create(cid, {"Cmd": [BUSYBOX, "nc", "127.0.0.1", str(port)],
+                                    "AttachStdin": True, "AttachStdout": True,
+                                    "AttachStderr": True, "Tty": False})
+        stream = api.hijack("POST", f"/exec/{eid}/start", body={"Detach": False, "Tty": False})
+        log.info("forward user=%s port=%d container=%s", user, port, cid[:12])
+        try:
+            out = threading.Thread(target=_from_container, args=(stream, conn), daemon=True,
+                                   name="fwd-out")
+            out.start()
+            pump(conn, stream.sock)
+            out.join()
+        finally:
+            stream.close()
 
 
 def _from_container(stream, conn: socket.socket) -> None:

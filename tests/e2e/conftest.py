@@ -20,6 +20,8 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "config(overrides): run the test with these config overrides")
     config.addinivalue_line("markers", "workspace_mode(mode, **workspace): a Kubernetes "
                             "workspace test's mode and workspace settings")
+    config.addinivalue_line("markers", "fwd(session): a Kubernetes port forwarding test's "
+                            "`session` settings")
 
 
 @pytest.fixture(scope="session")

@@ -89,6 +89,26 @@ def test_the_kernel_names_the_owner_of_a_real_connection(family, addr):
             s.close()
 
 
+def test_the_kernel_tells_a_shut_down_write_side_from_a_closed_socket():
+    """What the Kubernetes way asks while it holds a client's EOF
+    (daemon/portfwd_k8s.py): sshd only shut down its write side, or closed."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(1)
+    cli = socket.create_connection(srv.getsockname())
+    conn, peer = srv.accept()
+    try:
+        assert P.peer_held(socket.AF_INET, peer, srv.getsockname())
+        cli.shutdown(socket.SHUT_WR)
+        assert conn.recv(1) == b""              # an EOF, as after a close
+        assert P.peer_held(socket.AF_INET, peer, srv.getsockname())
+        cli.close()
+        assert not P.peer_held(socket.AF_INET, peer, srv.getsockname())
+    finally:
+        for s in (cli, conn, srv):
+            s.close()
+
+
 @pytest.mark.parametrize("addr,port,ok", [
     ("127.0.0.1", 8080, True), ("127.0.0.2", 8080, True), ("::1", 3000, True),
     ("127.0.0.1", 1, False),            # the canary's port
@@ -275,8 +295,12 @@ def test_check_reports_port_forwarding_where_it_cannot_work(tmp_path):
     assert port_problems(cfg(True), str(uids), busybox="/bin/sh") == []
     [p] = port_problems(cfg(True), str(tmp_path / "none"), busybox="/bin/sh")
     assert "hatchway-netguard is not running" in p
-    [p] = port_problems(cfg(groups={"dev": {"session": {"port_forwarding": True}}},
-                            backend="kubernetes"), str(uids))
-    assert "kubernetes backend" in p
+    # Kubernetes forwards through the API server: no busybox, the guard still
+    kube = cfg(groups={"dev": {"session": {"port_forwarding": True}}}, backend="kubernetes")
+    assert port_problems(kube, str(uids), busybox=str(tmp_path / "nobusybox")) == []
+    [p] = port_problems(kube, str(tmp_path / "none"))
+    assert "hatchway-netguard is not running" in p
+    [p] = port_problems(cfg(True, backend="elsewhere"), str(uids))
+    assert "elsewhere backend cannot forward ports" in p
     [p] = port_problems(cfg(True), str(uids), busybox=str(tmp_path / "nobusybox"))
     assert "busybox-static" in p

@@ -1,5 +1,5 @@
 """The Kubernetes API as this backend uses it: a connection from the config,
-a few JSON calls, and the websocket handshake for exec.
+a few JSON calls, and the websocket handshake for exec and portforward.
 
 The official client (Debian's python3-kubernetes) does the parts it does well:
 reading kubeconfig files (contexts, inline or file certificates, exec/token
@@ -23,6 +23,7 @@ from urllib.parse import quote, urlencode
 
 from ..base import BackendError, EngineError
 from .channel import PROTOCOLS
+from .portforward import PROTOCOLS as PF_PROTOCOLS
 
 REQUEST_TIMEOUT = 15.0
 # What a user is told when the API server does not answer: at login, and when
@@ -121,13 +122,27 @@ class Api:
     def exec_socket(self, ns: str, pod: str, container: str, argv: list[str], *, stdin: bool,
                     stdout: bool, stderr: bool, tty: bool, timeout: float = REQUEST_TIMEOUT):
         """A connected websocket for one exec (subprotocol in `.subprotocol`)."""
-        import websocket
         query = [("command", a) for a in argv] + [("container", container)]
         for name, on in (("stdin", stdin), ("stdout", stdout), ("stderr", stderr), ("tty", tty)):
             if on:
                 query.append((name, "true"))
+        return self.websocket(f"/api/v1/namespaces/{quote(ns)}/pods/{quote(pod)}/exec", query,
+                              PROTOCOLS, timeout)
+
+    def portforward_socket(self, ns: str, pod: str, port: int,
+                           timeout: float = REQUEST_TIMEOUT):
+        """A connected websocket forwarding to `port` of the pod
+        (backends/kubernetes/portforward.py has the protocol)."""
+        return self.websocket(f"/api/v1/namespaces/{quote(ns)}/pods/{quote(pod)}/portforward",
+                              [("ports", str(int(port)))], PF_PROTOCOLS, timeout)
+
+    def websocket(self, path: str, query: list, protocols, timeout: float):
+        """A websocket to the API server, with the REST client's credentials,
+        TLS settings and proxy; a connect deadline of `timeout`, no read
+        deadline after it."""
+        import websocket
         url = (self.conf.host.replace("https://", "wss://", 1).replace("http://", "ws://", 1)
-               + f"/api/v1/namespaces/{quote(ns)}/pods/{quote(pod)}/exec?" + urlencode(query))
+               + path + "?" + urlencode(query))
         header = []
         token = self.conf.get_api_key_with_prefix("authorization")
         if token:
@@ -153,7 +168,7 @@ class Api:
             proxy = {"http_proxy_host": u.hostname, "http_proxy_port": u.port}
         ws = websocket.WebSocket(sslopt=sslopt, skip_utf8_validation=True)
         try:
-            ws.connect(url, header=header, subprotocols=list(PROTOCOLS), timeout=timeout,
+            ws.connect(url, header=header, subprotocols=list(protocols), timeout=timeout,
                        **proxy)
         except websocket.WebSocketBadStatusException as e:
             raise KubernetesError(getattr(e, "status_code", 0) or 0, str(e)) from None
