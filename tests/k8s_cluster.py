@@ -60,7 +60,7 @@ def running():
         lock.close()
 
 
-def api(kubeconfig: str, path: str, method: str = "GET"):
+def api(kubeconfig: str, path: str, method: str = "GET", body: dict | None = None):
     """One call with the kubeconfig's first cluster and user (files or inline
     data, client certificate or token): the tests' own view of the cluster,
     independent of the backend's client."""
@@ -81,7 +81,11 @@ def api(kubeconfig: str, path: str, method: str = "GET"):
             for field in ("client-certificate-data", "client-key-data"):
                 Path(d, field).write_bytes(base64.b64decode(user[field]))
             ctx.load_cert_chain(f"{d}/client-certificate-data", f"{d}/client-key-data")
-    req = urllib.request.Request(cl["server"] + path, method=method, headers=headers)
+    data = None
+    if body is not None:
+        data = json.dumps(body).encode()
+        headers["Content-Type"] = "application/json"
+    req = urllib.request.Request(cl["server"] + path, method=method, headers=headers, data=data)
     with urllib.request.urlopen(req, context=ctx, timeout=10) as r:
         return json.loads(r.read())
 

@@ -41,7 +41,7 @@ def check(config_path):
         backend = registry.make(cfg)
         backend_problems, backend_notes = backend.check()
         backend_problems += agent_problems(cfg, backend.agent_forwarding)
-        backend_problems += port_problems(cfg)
+        backend_problems += port_problems(cfg, backend=backend)
     except Exception as e:          # a backend that cannot even be set up
         backend_problems, backend_notes = [f"{cfg.backend}: {e}"], []
     problems += backend_problems
@@ -73,10 +73,12 @@ def agent_problems(cfg, backend_can: bool) -> list[str]:
             "forward agents yet (ssh -A sessions run without one)"]
 
 
-def port_problems(cfg, uids_file: str | None = None, busybox: str = "/bin/busybox") -> list[str]:
+def port_problems(cfg, uids_file: str | None = None, busybox: str = "/bin/busybox",
+                  backend=None) -> list[str]:
     """session.port_forwarding turned on (top level or a `groups:` entry)
     where it cannot work: a backend with no way into its containers (Docker
-    and Kubernetes have one), no static busybox to mount (Docker), or
+    and Kubernetes have one), no static busybox to mount (Docker),
+    credentials that may not open a pod's portforward (Kubernetes), or
     hatchway-netguard not running (then hatchway-keys gives no one the
     option: fail closed, but nobody can forward either)."""
     from hatchway.core import portfwd
@@ -91,6 +93,9 @@ def port_problems(cfg, uids_file: str | None = None, busybox: str = "/bin/busybo
     if cfg.backend == "docker" and not os.access(busybox, os.X_OK):
         out.append(f"session.port_forwarding is on, but {busybox} is missing "
                    "(install busybox-static)")
+    if cfg.backend == "kubernetes" and backend is not None:
+        from hatchway.backends.kubernetes import rbac
+        out += backend.permission_problems(rbac.FORWARDING, "every port forward is refused")[0]
     if not os.path.exists(uids_file or portfwd.UIDS_FILE):
         out.append("session.port_forwarding is on, but hatchway-netguard is not running "
                    "(systemctl enable --now hatchway-netguard); sshd refuses every forward")

@@ -64,6 +64,81 @@ def test_explicit_server_ca_and_token(stack, k8s):
     p = stack.ssh("alice", "echo via-token")
     assert (p.returncode, p.stdout) == (0, b"via-token\n"), p.stderr
     wait_for(lambda: not pods(k8s), 30, 0.2, what="session pods to be deleted")
+
+def test_check_names_the_permissions_the_credentials_lack(stack, k8s):
+    """`hatchway check` asks the API server's authorizer what the configured
+    credentials may do and names what is missing, for sessions and, with
+    port forwarding on, for the pods' portforward.  A user of the test
+    cluster's with no role (static token, tests/setup/k8s-cluster), then
+    given a Role step by step."""
+    if k8s["external"]:
+        pytest.skip("uses the test cluster's static tokens")
+    import yaml
+    ca, token = stack.tmp / "limited-ca.crt", stack.tmp / "limited-token"
+    shutil.copy(STATE / "pki/ca.crt", ca)
+    token.write_text(next(line.split(",")[0] for line in
+                          (STATE / "pki/tokens.csv").read_text().splitlines()
+                          if ",hatchway-limited," in line) + "\n")
+    token.chmod(0o600)
+    config = stack.tmp / "limited.yaml"
+    conf = k8s_config(k8s, stack.tmp, server="https://127.0.0.1:16443", ca_file=str(ca),
+                      token_file=str(token))
+    conf["session"]["port_forwarding"] = True
+    config.write_text(yaml.safe_dump(conf))
+    kc, ns = k8s["kubeconfig"], "/apis/rbac.authorization.k8s.io/v1/namespaces/default"
+
+    def kubernetes_lines():
+        out = run(["hatchway", "check", "--config", str(config)], check=False).stdout
+        return [line for line in out.splitlines() if " kubernetes: " in line]
+
+    sessions = ("create pods, get pods, list pods, delete pods, get pods/exec, "
+                "create pods/exec")
+    forwards = "get pods/portforward, create pods/portforward"
+    lines = kubernetes_lines()
+    assert f"FAIL kubernetes: the credentials may not {sessions} in namespace default, so no " \
+        "session can start (grant them with a Role and RoleBinding)" in lines, lines
+    assert f"FAIL kubernetes: the credentials may not {forwards} in namespace default, so " \
+        "every port forward is refused (grant them with a Role and RoleBinding)" in lines, lines
+
+    rules = [{"apiGroups": [""], "resources": ["pods"],
+              "verbs": ["create", "get", "list", "delete"]},
+             {"apiGroups": [""], "resources": ["pods/exec"], "verbs": ["get", "create"]}]
+    k8s_cluster.api(kc, f"{ns}/roles", "POST", {
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+        "metadata": {"name": "hatchway-limited"}, "rules": rules})
+    try:
+        k8s_cluster.api(kc, f"{ns}/rolebindings", "POST", {
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+            "metadata": {"name": "hatchway-limited"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                        "name": "hatchway-limited"},
+            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User",
+                          "name": "hatchway-limited"}]})
+        # RBAC answers from a cache the API server refreshes from its watch
+        wait_for(lambda: not any(sessions in line for line in kubernetes_lines()), 30, 0.5,
+                 what="the Role to take effect")
+        lines = kubernetes_lines()
+        assert "ok   kubernetes: reachable at https://127.0.0.1:16443, namespace default" \
+            in lines, lines
+        assert [line for line in lines if line.startswith("FAIL")] == [
+            f"FAIL kubernetes: the credentials may not {forwards} in namespace default, so "
+            "every port forward is refused (grant them with a Role and RoleBinding)"], lines
+
+        rules.append({"apiGroups": [""], "resources": ["pods/portforward"],
+                      "verbs": ["get", "create"]})
+        k8s_cluster.api(kc, f"{ns}/roles/hatchway-limited", "PUT", {
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+            "metadata": {"name": "hatchway-limited"}, "rules": rules})
+        wait_for(lambda: not any(line.startswith("FAIL") for line in kubernetes_lines()), 30,
+                 0.5, what="the portforward rule to take effect")
+    finally:
+        for kind in ("rolebindings", "roles"):
+            try:
+                k8s_cluster.api(kc, f"{ns}/{kind}/hatchway-limited", "DELETE")
+            except Exception:
+                pass
+
+
 # ------------------------------------------------------------------ the admin policy on pods
 
 @pytest.fixture

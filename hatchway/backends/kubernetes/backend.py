@@ -59,6 +59,7 @@ from .. import workspaces as W
 from ..base import SIGNALS, Backend, BackendError, ExitStatus, Found, Process, SessionSpec
 from ..exec_wrapper import FIFO_FAILED, read_pid, signal_argv, wrap
 from . import channel as ch
+from . import rbac
 from .api import CLUSTER_DOWN, CLUSTER_GONE, REQUEST_TIMEOUT, Api, KubernetesError, unreachable
 
 log = logging.getLogger("hatchwayd")
@@ -259,8 +260,23 @@ class KubernetesBackend(Backend):
         try:
             self.api.call("GET", f"/api/v1/namespaces/{self.ns}/pods", query={"limit": "1"})
         except KubernetesError as e:
-            return [f"kubernetes: cannot list pods in namespace {self.ns}: {e}"], []
-        return [], [f"kubernetes: reachable at {self.api.conf.host}, namespace {self.ns}"]
+            if e.status != 403:     # forbidden: the permissions below say which
+                return [f"kubernetes: cannot list pods in namespace {self.ns}: {e}"], []
+        problems, notes = self.permission_problems(rbac.SESSIONS, "no session can start")
+        return problems, [f"kubernetes: reachable at {self.api.conf.host}, "
+                          f"namespace {self.ns}"] + notes
+
+    def permission_problems(self, needs, otherwise: str) -> tuple[list[str], list[str]]:
+        """For `hatchway check`: which of `needs` (rbac.py) the daemon's
+        credentials lack, as the API server's authorizer answers."""
+        try:
+            lacking = rbac.missing(self.api, self.ns, needs)
+        except KubernetesError as e:
+            return [], [f"kubernetes: permissions not checked ({e})"]
+        if not lacking:
+            return [], []
+        return [f"kubernetes: the credentials may not {', '.join(lacking)} in namespace "
+                f"{self.ns}, so {otherwise} (grant them with a Role and RoleBinding)"], []
 
 
 def run_inside(api: Api, ns: str, pod: str, container: str, argv: list[str]) -> bool:
