@@ -124,6 +124,7 @@ class MetricsProcess:
         if not self.cfg.metrics.listen or self.pid is not None \
                 or time.monotonic() < self.next_start:
             return
+        parent = os.getpid()
         pid = os.fork()
         if pid:
             self.pid, self.started = pid, time.monotonic()
@@ -134,7 +135,7 @@ class MetricsProcess:
             name_process("hwd-metrics")
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             from . import metrics
-            metrics.serve(self.cfg.daemon.socket, self.cfg.metrics.listen)
+            metrics.serve(self.cfg.daemon.socket, self.cfg.metrics.listen, parent)
         except Exception as e:
             log.error("metrics process failed: %s", e)
         finally:

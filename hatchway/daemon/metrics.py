@@ -113,12 +113,14 @@ def bind_events(socket_path: str) -> socket.socket:
     return s
 
 
-def serve(socket_path: str, listen: str) -> None:
+def serve(socket_path: str, listen: str, parent: int) -> None:
     """The metrics process's whole life: it ends with the main process that
-    started it (however that one ends), so a new main process finds the port
-    and the events socket free."""
+    started it, `parent` (however that one ends), so a new main process finds
+    the port and the events socket free.  The parent's pid comes from before
+    the fork: read here, after the imports, it was 1 when the main process
+    had died in between, and the process then outlived it for good, holding
+    the port (found as an orphan after a test killed a daemon at once)."""
     from prometheus_client import start_http_server
-    parent = os.getppid()
     m = Metrics(socket_path)
     host, port = parse_listen(listen)
     start_http_server(port, host, m.registry)       # first: a taken port takes nothing else
