@@ -14,122 +14,26 @@ has a timeout, so a broken test fails instead of hanging.
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import json
-import socket
-import struct
 import subprocess
 import threading
 from urllib.parse import parse_qs, urlparse
 
-GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
-TIMEOUT = 10
+from .k8s_fake_ws import TIMEOUT, FakeWebsocketEndpoint, frame, read_frame
 
-
-def _recv_exact(conn, n: int) -> bytes:
-    buf = b""
-    while len(buf) < n:
-        chunk = conn.recv(n - len(buf))
-        if not chunk:
-            raise EOFError
-        buf += chunk
-    return buf
-
-
-def read_frame(conn) -> tuple[int, bytes]:
-    b0, b1 = _recv_exact(conn, 2)
-    n = b1 & 0x7F
-    if n == 126:
-        n = struct.unpack(">H", _recv_exact(conn, 2))[0]
-    elif n == 127:
-        n = struct.unpack(">Q", _recv_exact(conn, 8))[0]
-    mask = _recv_exact(conn, 4) if b1 & 0x80 else b"\0\0\0\0"
-    data = bytes(c ^ mask[i % 4] for i, c in enumerate(_recv_exact(conn, n)))
-    return b0 & 0x0F, data
-
-
-def frame(payload: bytes, opcode: int = 2) -> bytes:
-    n = len(payload)
-    head = bytes((0x80 | opcode,))
-    if n < 126:
-        head += bytes((n,))
-    elif n < 1 << 16:
-        head += bytes((126,)) + struct.pack(">H", n)
-    else:
-        head += bytes((127,)) + struct.pack(">Q", n)
-    return head + payload
-
-
-class FakeExecServer:
+class FakeExecServer(FakeWebsocketEndpoint):
     def __init__(self, protocols=("v5.channel.k8s.io", "v4.channel.k8s.io")):
-        self.protocols = protocols
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(8)
-        self.sock.settimeout(TIMEOUT)
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
         self.received_frames: list[bytes] = []
-        self.threads: list[threading.Thread] = []
-        self.errors: list[BaseException] = []
-        self._stop = False
-        t = threading.Thread(target=self._serve, daemon=True)
-        t.start()
-        self.threads.append(t)
-
-    def close(self) -> None:
-        self._stop = True
-        try:
-            self.sock.shutdown(socket.SHUT_RDWR)    # wakes the blocked accept()
-        except OSError:
-            pass
-        self.sock.close()
-        for t in self.threads:
-            t.join(TIMEOUT)
-
-    def _serve(self) -> None:
-        while not self._stop:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            t = threading.Thread(target=self._handle_safely, args=(conn,), daemon=True)
-            self.threads.append(t)
-            t.start()
-
-    def _handle_safely(self, conn) -> None:
-        conn.settimeout(TIMEOUT)
-        try:
-            self._handle(conn)
-        except (EOFError, OSError):
-            pass
-        except BaseException as e:      # surfaced by the test
-            self.errors.append(e)
-        finally:
-            conn.close()
+        super().__init__(protocols, accept_timeout=TIMEOUT)
 
     def _handle(self, conn) -> None:
-        head = b""
-        while b"\r\n\r\n" not in head:
-            chunk = conn.recv(4096)
-            if not chunk:
-                return
-            head += chunk
-        lines = head.split(b"\r\n\r\n")[0].decode().split("\r\n")
-        target = lines[0].split()[1]
-        headers = {k.strip().lower(): v.strip() for k, v in
-                   (ln.split(":", 1) for ln in lines[1:] if ":" in ln)}
-        offered = [p.strip() for p in headers.get("sec-websocket-protocol", "").split(",")]
-        chosen = next((p for p in offered if p in self.protocols), None)
-        if chosen is None:
-            conn.sendall(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n")
+        request = self.read_request(conn)
+        if request is None:
             return
-        accept = base64.b64encode(hashlib.sha1(
-            (headers["sec-websocket-key"] + GUID).encode()).digest()).decode()
-        conn.sendall(("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
-                      "Connection: Upgrade\r\n"
-                      f"Sec-WebSocket-Accept: {accept}\r\n"
-                      f"Sec-WebSocket-Protocol: {chosen}\r\n\r\n").encode())
+        target, headers = request
+        chosen = self.upgrade(conn, headers)
+        if chosen is None:
+            return
         q = parse_qs(urlparse(target).query)
         proc = subprocess.Popen(q["command"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE)

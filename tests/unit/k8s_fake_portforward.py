@@ -14,93 +14,37 @@ client sent (`received`: every client message, channel byte included).
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import socket
 import struct
 import threading
 from urllib.parse import parse_qs, urlparse
 
-from .k8s_fake_exec import GUID, TIMEOUT, frame, read_frame
+from .k8s_fake_ws import TIMEOUT, FakeWebsocketEndpoint, frame, read_frame
 
 
-class FakePortForwardServer:
+class FakePortForwardServer(FakeWebsocketEndpoint):
     def __init__(self, protocols=("v4.channel.k8s.io",), wrong_port: bool = False,
                  status: int | None = None):
-        self.protocols = protocols
         self.wrong_port = wrong_port
         self.status = status                # answer this HTTP status instead of upgrading
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(8)
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
         self.paths: list[str] = []
         self.received: list[bytes] = []
         self.client_closed = threading.Event()
-        self.errors: list[BaseException] = []
-        self.threads: list[threading.Thread] = []
-        t = threading.Thread(target=self._serve, daemon=True)
-        t.start()
-        self.threads.append(t)
-
-    def close(self) -> None:
-        try:
-            self.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        self.sock.close()
-        for t in self.threads:
-            t.join(TIMEOUT)
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            t = threading.Thread(target=self._handle_safely, args=(conn,), daemon=True)
-            self.threads.append(t)
-            t.start()
-
-    def _handle_safely(self, conn) -> None:
-        conn.settimeout(TIMEOUT)
-        try:
-            self._handle(conn)
-        except (EOFError, OSError):
-            pass
-        except BaseException as e:
-            self.errors.append(e)
-        finally:
-            conn.close()
+        super().__init__(protocols)
 
     def _handle(self, conn) -> None:
-        head = b""
-        while b"\r\n\r\n" not in head:
-            chunk = conn.recv(4096)
-            if not chunk:
-                return
-            head += chunk
-        lines = head.split(b"\r\n\r\n")[0].decode().split("\r\n")
-        target = lines[0].split()[1]
+        request = self.read_request(conn)
+        if request is None:
+            return
+        target, headers = request
         self.paths.append(urlparse(target).path)
-        headers = {k.strip().lower(): v.strip() for k, v in
-                   (ln.split(":", 1) for ln in lines[1:] if ":" in ln)}
         if self.status:
             body = b'{"kind":"Status","message":"pods \\"x\\" not found"}'
             conn.sendall(f"HTTP/1.1 {self.status} Nope\r\nContent-Length: {len(body)}\r\n\r\n"
                          .encode() + body)
             return
-        offered = [p.strip() for p in headers.get("sec-websocket-protocol", "").split(",")]
-        chosen = next((p for p in offered if p in self.protocols), None)
-        if chosen is None:
-            conn.sendall(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n")
+        if self.upgrade(conn, headers) is None:
             return
-        accept = base64.b64encode(hashlib.sha1(
-            (headers["sec-websocket-key"] + GUID).encode()).digest()).decode()
-        conn.sendall(("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
-                      "Connection: Upgrade\r\n"
-                      f"Sec-WebSocket-Accept: {accept}\r\n"
-                      f"Sec-WebSocket-Protocol: {chosen}\r\n\r\n").encode())
         port = int(parse_qs(urlparse(target).query)["ports"][0])
         lock = threading.Lock()
 
