@@ -139,6 +139,16 @@ def peer_held(family: int, src: tuple[str, int], dst: tuple[str, int]) -> bool:
     return bool(found and found[1])
 
 
+MODE_ORDER = {"persistent": 0, "connection": 1, "session": 2}
+
+
+def pick_rank(mode: str, created) -> tuple:
+    """The order forwards choose among a user's running containers (Docker)
+    or pods (Kubernetes): a workspace first (what an editor expects: one
+    environment), else the newest."""
+    return MODE_ORDER.get(mode, 3), -float(created or 0)
+
+
 def destination_ok(addr: str, port: int) -> bool:
     """Only loopback ports reach a container; port 1 is the canary's."""
     try:

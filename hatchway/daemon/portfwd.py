@@ -47,7 +47,6 @@ log = logging.getLogger("hatchway-portrelay")
 
 BUSYBOX = "/.hatchway/busybox"      # = backends/docker/backend.py BUSYBOX_TARGET
 MAX_PER_UID = 64                    # open forwards per user
-MODE_ORDER = {"persistent": 0, "connection": 1, "session": 2}
 
 
 def listen_fds(env=os.environ) -> list[socket.socket]:
@@ -62,18 +61,11 @@ def listen_fds(env=os.environ) -> list[socket.socket]:
     return [socket.socket(fileno=3 + i) for i in range(n)]
 
 
-def pick_rank(mode: str, created) -> tuple:
-    """The order forwards choose among a user's running containers or pods:
-    a workspace first (what an editor expects: one environment), else the
-    newest."""
-    return MODE_ORDER.get(mode, 3), -float(created or 0)
-
-
 def pick_container(containers: list[dict]) -> dict | None:
     """Running Docker containers of one user: the one a forward goes to."""
     if not containers:
         return None
-    return min(containers, key=lambda c: pick_rank((c.get("Labels") or {}).get(L.MODE, ""),
+    return min(containers, key=lambda c: P.pick_rank((c.get("Labels") or {}).get(L.MODE, ""),
                                                   c.get("Created")))
 
 

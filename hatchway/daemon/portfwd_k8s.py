@@ -6,7 +6,7 @@ as `hatchway`, as hatchwayd does; nothing of it reaches the user).
 
 Which pod: the user's running pods on this host (the label selector the
 backend lists sessions with, checked again on what comes back), the
-workspace first, else the newest (portfwd.pick_rank, as for containers).
+workspace first, else the newest (core/portfwd.pick_rank, as for containers).
 
 Half-close: `v4.channel.k8s.io` has none.  Closing the websocket is the only
 way to tell the pod "no more input", and it ends both directions (the
@@ -68,11 +68,10 @@ class KubernetesWay:
             return False
 
     def pick(self, user: str, backend=None):
-        from .portfwd import pick_rank
         found = [f for f in (backend or self.backend).list(user) if mine(f, user, L.host_id())]
         if not found:
             return None
-        return min(found, key=lambda f: pick_rank(f.labels.get(L.MODE, ""), f.created))
+        return min(found, key=lambda f: P.pick_rank(f.labels.get(L.MODE, ""), f.created))
 
     def forward(self, conn: socket.socket, user: str, port: int) -> None:
         from hatchway.backends.kubernetes.api import KubernetesError
