@@ -126,10 +126,10 @@ def daemon_pids() -> set[int]:
 DAEMON = b"/usr/sbin/hatchwayd"      # the installed package's, which the stack runs
 
 
-def _daemon_processes() -> dict[int, str]:
-    """The installed hatchwayd's processes on this host and their names
-    (comm): hatchwayd for the main one, hwd-metrics, hwd-session and
-    hwd-reaper for its children.
+def _daemon_processes() -> dict[int, tuple[str, int]]:
+    """The installed hatchwayd's processes on this host: their names (comm:
+    hatchwayd for the main one, hwd-metrics, hwd-session and hwd-reaper for
+    its children) and parents.
 
     Other test runs share the machine: the package tests boot containers
     whose hatchwayd is /usr/sbin/hatchwayd too, but in a pid namespace of
@@ -145,8 +145,11 @@ def _daemon_processes() -> dict[int, str]:
             argv = (entry / "cmdline").read_bytes().split(b"\0")
             if DAEMON not in argv[:3] or os.readlink(entry / "ns/pid") != mine:
                 continue
-            found[int(entry.name)] = (entry / "comm").read_text().strip()
-        except OSError:
+            comm = (entry / "comm").read_text().strip()
+            # field 4 of stat, after the parenthesised comm (which may hold spaces)
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            found[int(entry.name)] = (comm, ppid)
+        except (OSError, ValueError, IndexError):
             continue
         # (argv is [python3, -I, /usr/sbin/hatchwayd, ...]: the shebang's
         # interpreter and its option come first; looking only at the first
@@ -155,33 +158,39 @@ def _daemon_processes() -> dict[int, str]:
 
 
 def daemon_own() -> set[int]:
-    """The daemon's long-lived processes (main and metrics): not the session
-    processes nor a reaper, which come and go on their own schedule (a
-    baseline that caught one could never be met again)."""
-    return {pid for pid, comm in _daemon_processes().items()
-            if comm not in ("hwd-session", "hwd-reaper")}
+    """The daemon's main process: the one whose parent is not a hatchwayd.
+
+    Not its children, which come and go on their own schedule: sessions and
+    reapers, and the metrics process too, which the main process forks only
+    after it logs "listening on" (what the stack waits for) and forks again
+    after it dies.  A baseline that caught one, or missed one, could never be
+    met again, and the landing CI failed on each in turn.  Nor a child's name:
+    a child is called hatchwayd too until it renames itself."""
+    procs = _daemon_processes()
+    return {pid for pid, (comm, ppid) in procs.items()
+            if comm == "hatchwayd" and ppid not in procs}
 
 
 def daemon_own_now() -> set[int]:
-    """daemon_own() of a running daemon: never the empty set, which would
-    make a comparison with it pass whatever happened."""
+    """daemon_own() of a running daemon: exactly one process, never the empty
+    set, which would make a comparison with it pass whatever happened."""
     pids = daemon_own()
-    assert pids, "no hatchwayd process found (is the daemon running?)"
+    assert len(pids) == 1, f"expected one hatchwayd main process, found {sorted(pids)}"
     return pids
 
 
 def session_pids() -> set[int]:
-    return {pid for pid, comm in _daemon_processes().items() if comm == "hwd-session"}
+    return {pid for pid, (comm, _) in _daemon_processes().items() if comm == "hwd-session"}
 
 
 def wait_only_daemon_left(own: set[int], timeout: float, why: str) -> None:
-    """Wait until the same main and metrics processes as before are left and
-    no session process: what a fault test expects once the fault is over."""
+    """Wait until the same main process as before is left and no session
+    process: what a fault test expects once the fault is over."""
     def settled():
         return daemon_own() == own and not session_pids()
     try:
         wait_for(settled, timeout, 0.2, what=why)
     except TimeoutError as e:
-        raise TimeoutError(f"{e}: the daemon's own processes were {sorted(own)}, now "
+        raise TimeoutError(f"{e}: the daemon's main process was {sorted(own)}, now "
                            f"{sorted(daemon_own())}; session processes "
                            f"{sorted(session_pids())}") from None
