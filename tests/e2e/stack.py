@@ -22,6 +22,10 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = Path("/etc/hatchway/hatchway.yaml")
+# The admin's config while a stack runs with its own.  On disk, not only in
+# memory: a run killed before stop() (a timeout, ^C twice) left the tests'
+# config in /etc for good, and the next run saved that as "the admin's".
+SAVED_CONFIG = CONFIG.with_name("hatchway.yaml.before-tests")
 SSHD_PORT = 2222
 WEBHOOK_PORT = 18642
 IMAGE = "hatchway/demo:latest"
@@ -157,7 +161,7 @@ class Stack:
 
     def start(self) -> None:
         run([str(ROOT / "tests/setup/services")], capture_output=False)
-        self.saved_config = CONFIG.read_bytes() if CONFIG.exists() else None
+        self.saved_config = _save_config()
         self.write_config(self.base_config)
         run(["install", "-d", "-m", "0750", "-o", "hatchway", "-g", "hatchway-users",
              "/run/hatchway"])
@@ -174,6 +178,7 @@ class Stack:
             self.stop_proc(name)
         if self.saved_config is not None:
             CONFIG.write_bytes(self.saved_config)
+        SAVED_CONFIG.unlink(missing_ok=True)
 
     def stop_proc(self, name: str, sig=signal.SIGTERM) -> None:
         p = self.procs.pop(name, None)
@@ -435,6 +440,20 @@ def _port_open(port: int) -> bool:
         return False
     finally:
         s.close()
+
+
+def _save_config() -> bytes | None:
+    """What /etc/hatchway/hatchway.yaml held before the tests: kept aside by
+    an earlier run that never got to restore it, else read now and kept aside."""
+    if SAVED_CONFIG.exists():
+        return SAVED_CONFIG.read_bytes()
+    if not CONFIG.exists():
+        return None
+    data = CONFIG.read_bytes()
+    tmp = SAVED_CONFIG.with_name(SAVED_CONFIG.name + ".tmp")
+    tmp.write_bytes(data)
+    tmp.replace(SAVED_CONFIG)
+    return data
 
 
 def _merge(base: dict, over: dict) -> dict:
