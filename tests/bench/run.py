@@ -10,6 +10,10 @@ without Hatchway.
                vs plain sshd to a host `true` (same sshd, user outside
                hatchway-users), `docker run --rm` of the same image, their
                sum, and one sshd login that runs that `docker run --rm`
+  pool         the same start latency with docker.warm_pool: 2 (each login
+               claims a spare; the pool is refilled before the next round,
+               untimed), against the same floors; and what the idle spares
+               cost: their cgroup memory and the keeper process's PSS
   throughput   200 MB out of / into a session vs `docker run -i` of the same
                image with the same log driver (none) and init, plain sshd,
                both in one pipe (`docker run -i` + one ssh hop), and sshd
@@ -56,7 +60,7 @@ import pexpect
 
 from tests.bench import floors
 from tests.bench.floors import FloorSshd
-from tests.e2e.stack import IMAGE, SSHD_PORT, Stack
+from tests.e2e.stack import IMAGE, SSHD_PORT, Stack, token_pid, wait_for
 
 MB = 1 << 20
 
@@ -141,6 +145,94 @@ def start_latency(hw: Stack, floor: FloorSshd, table: Table, n: int, warmup: int
         f50, f95 = pct(vals, .5), pct(vals, .95)
         table.add("start latency `ssh host true` (p50 / p95)", f"{ms(h50)} / {ms(h95)}",
                   name, f"{ms(f50)} / {ms(f95)}", f"{h50 / f50:.2f}× / {h95 / f95:.2f}×")
+
+
+# ------------------------------------------------------------------ warm pool
+
+def _spares(hw: Stack) -> list[dict]:
+    """The pool's unclaimed spares (a claimed one is renamed to its session's name)."""
+    return [c for c in hw.containers() if "io.hatchway.pool=" in c["Labels"]
+            and c["Names"].startswith("hatchway-pool-") and c["State"] == "running"]
+
+
+def _pool_full(hw: Stack, size: int) -> list[dict]:
+    """Wait until `size` spares run and nothing else of Hatchway's does (the
+    last session's container is removed): the keeper is idle again."""
+    def full():
+        every, spare = hw.containers(), _spares(hw)
+        return spare if len(spare) == size and len(every) == size else None
+    return wait_for(full, 60, 0.05, what=f"a full warm pool of {size}")
+
+
+_UNITS = {"B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30, "kB": 1000, "MB": 10 ** 6,
+          "GB": 10 ** 9}
+
+
+def _memory(ids: list[str]) -> int:
+    """The containers' memory as dockerd accounts it (cgroup usage without the
+    page cache): `docker stats`' MemUsage, e.g. "1.2MiB / 7.7GiB"."""
+    out = subprocess.run(["docker", "stats", "--no-stream", "--format", "{{.MemUsage}}", *ids],
+                         capture_output=True, text=True, check=True).stdout
+    total = 0
+    for line in out.splitlines():
+        used = line.split("/")[0].strip()
+        num = used.rstrip("BKiMGk")
+        total += int(float(num) * _UNITS[used[len(num):]])
+    return total
+
+
+def pool_latency(hw: Stack, floor: FloorSshd, table: Table, n: int, warmup: int,
+                 size: int = 2) -> None:
+    hw.reconfigure({"docker": {"warm_pool": size}})
+    try:
+        commands = {
+            "sshd": hw.ssh_argv("carol", "true"),
+            "docker": floors.docker_run(IMAGE, "true", interactive=False),
+            "sshd_docker": floor.argv(shlex.join(floors.docker_run(IMAGE, "true",
+                                                                   interactive=False))),
+        }
+        res: dict[str, list[float]] = {"hatchway": [], **{k: [] for k in commands}}
+        hits = 0
+        for i in range(warmup + n):
+            # a full pool before each login, and again before the floors: the
+            # keeper's refill (a container start) runs untimed, competing with
+            # nothing measured
+            before = {c["ID"] for c in _pool_full(hw, size)}
+            t = timed(hw.ssh_argv("alice", "true"))
+            # a login that claimed a spare renamed it before its command ran
+            hit = not before <= {c["ID"] for c in _spares(hw)}
+            _pool_full(hw, size)
+            if i >= warmup:
+                res["hatchway"].append(t)
+                hits += hit
+            for name, cmd in commands.items():
+                t = timed(cmd)
+                if i >= warmup:
+                    res[name].append(t)
+        spares = _pool_full(hw, size)
+        mem = _memory([c["ID"] for c in spares])
+        keeper = token_pid(spares[0]["Labels"].split("io.hatchway.process=")[1]
+                                  .split(",")[0])
+        keeper_pss, _ = _pss_uss([keeper])
+    finally:
+        hw.reconfigure(None)
+        hw.wait_no_containers(timeout=60)
+    print(f"idle spares: {len(spares)}, memory {mem / MB:.1f} MiB "
+          f"(keeper process PSS {keeper_pss / MB:.1f} MiB); a spare was used in {hits} of "
+          f"{n} logins", file=sys.stderr)
+    h50, h95 = pct(res["hatchway"], .5), pct(res["hatchway"], .95)
+    metric = (f"start latency `ssh host true`, warm pool of {size} "
+              f"(spare used {hits}/{n}; p50 / p95)")
+    for name, vals in (("plain sshd → host `true`", res["sshd"]),
+                       ("`docker run --rm` true", res["docker"]),
+                       ("sum of both", [a + b for a, b in zip(res["sshd"], res["docker"])]),
+                       ("sshd login running `docker run --rm … true`", res["sshd_docker"])):
+        f50, f95 = pct(vals, .5), pct(vals, .95)
+        table.add(metric, f"{ms(h50)} / {ms(h95)}", name, f"{ms(f50)} / {ms(f95)}",
+                  f"{h50 / f50:.2f}× / {h95 / f95:.2f}×")
+    table.add(f"warm pool of {size}: what the idle spares cost",
+              f"idle spares: {len(spares)}, memory {mem / MB:.1f} MiB",
+              "the keeper process (hwd-pool), PSS", f"{keeper_pss / MB:.1f} MiB")
 
 
 # ------------------------------------------------------------------ workspaces
@@ -552,7 +644,7 @@ def versions() -> str:
             f" · Python {platform.python_version()} · hatchway {pkg}")
 
 
-ALL = ("start", "keys", "throughput", "concurrency", "pscp", "persistent", "connection")
+ALL = ("start", "pool", "keys", "throughput", "concurrency", "pscp", "persistent", "connection")
 OPT_IN = ("k8s",)
 
 
@@ -620,6 +712,7 @@ def main(argv=None) -> int:
         hw.start()
         floor.start()
         section("start", start_latency, hw, floor, table, args.iterations, args.warmup)
+        section("pool", pool_latency, hw, floor, table, args.iterations, args.warmup)
         section("keys", keys_rows)
         section("persistent", persistent_latency, hw, table, args.iterations, args.warmup)
         section("connection", connection_latency, hw, table, args.iterations, args.warmup)
