@@ -17,6 +17,7 @@ import re
 import signal
 import subprocess
 import threading
+import time
 
 import pexpect
 import pytest
@@ -225,6 +226,49 @@ def test_one_mb_of_random_stdin_comes_back_byte_exact(pw):
     assert (p.returncode, p.stdout.strip()) == (7, str(1 << 20).encode()), err
 
 
+# ------------------------------------------------------------------ who may not use a spare
+
+GROUP = "hw-pool-limited"
+
+
+@pytest.fixture
+def limited_group(pw):
+    """bob in a group whose `groups:` entry changes his docker settings."""
+    run(["groupadd", "-f", GROUP])
+    run(["usermod", "-aG", GROUP, "bob"])
+    try:
+        pw.reconfigure({"docker": {"warm_pool": POOL},
+                        "groups": {GROUP: {"docker": {"pids_limit": 77}}}})
+        yield GROUP
+    finally:
+        run(["gpasswd", "-d", "bob", GROUP], check=False)
+        run(["groupdel", GROUP], check=False)
+        pw.reconfigure({"docker": {"warm_pool": POOL}})
+
+
+def test_a_login_with_other_settings_gets_a_container_of_its_own(pw, limited_group):
+    # a spare is made from the file's docker settings: bob's differ (his
+    # group's pids_limit), so a spare would run him without his limit
+    before = {c["ID"] for c in wait_spares(pw)}
+    p = subprocess.Popen(pw.ssh_argv("bob", 'echo "host=$(hostname)"; exec sleep 1000'),
+                         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE)
+    try:
+        line = p.stdout.readline().decode().strip()
+        assert line.startswith("host="), (line, p.stderr.read() if p.poll() is not None else "")
+        ctr = pw.one_container(user="bob")
+        assert line[5:] == short(ctr) and ctr["ID"] not in before, (line, before)
+        info = json.loads(run(["docker", "inspect", ctr["ID"]]).stdout)[0]
+        assert info["HostConfig"]["PidsLimit"] == 77
+        assert {c["ID"] for c in spares(pw)} == before          # no spare was claimed
+        # while alice, who has the file's settings, still gets one
+        q, err = _in_a_spare(pw, "exit 4")
+        assert q.returncode == 4, err
+    finally:
+        p.kill()
+        p.wait()
+
+
 # ------------------------------------------------------------------ 2. a pty in a spare
 
 def test_a_pty_session_in_a_spare(pw):
@@ -242,12 +286,13 @@ def test_a_pty_session_in_a_spare(pw):
         c.expect(PROMPT)
         c.setwinsize(40, 120)
         # the window-change travels apart from the typed line: ask until it is there
-        for _ in range(50):
+        for _ in range(100):
             c.sendline("echo Z=$(stty size)")
             c.expect(r"Z=(\d+ \d+)\r\n")
             if c.match.group(1) == b"40 120":
                 break
             c.expect(PROMPT)
+            time.sleep(0.1)
         assert c.match.group(1) == b"40 120"
         c.sendline("exit 3")
         c.expect(pexpect.EOF)
