@@ -224,3 +224,25 @@ def _dead_pid() -> int:
         os._exit(0)
     os.waitpid(pid, 0)
     return pid
+
+
+def test_a_login_in_no_group_gets_the_spares_key(tmp_path):
+    # the keeper makes spares from the file config through the policy; a
+    # session's config comes through daemon/resolve.py: one key for both, or
+    # no login would ever find a spare
+    from hatchway.daemon import resolve
+    base = make_cfg(tmp_path, {"cpus": 0.5, "cap_drop": ["NET_ADMIN"]})
+    made_from, why = pool.spare_config(base)
+    assert why == ""
+    session = resolve.effective_config(base, user="root", uid=0, remote_address="127.0.0.1",
+                                       connection_id="c1")
+    assert key_of(made_from) == key_of(session)
+    assert key_of(made_from) != key_of(base)        # the policy's limits are in it
+
+
+def test_no_spares_for_settings_made_per_user(tmp_path):
+    for docker, part in (({"hostname": "{user}-box"}, "templates"),
+                         ({"mounts": ["/srv:/srv:ro"]}, "mounts"),
+                         ({"pull": "Always"}, "Always")):
+        made_from, why = pool.spare_config(make_cfg(tmp_path, docker))
+        assert made_from is None and part in why, (docker, why)

@@ -28,6 +28,7 @@ label), no mounts (a volume is made per user), no `pull: Always`.
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import json
 import logging
@@ -36,13 +37,16 @@ import secrets
 import select
 import signal
 import socket
+import time
 
+from hatchway.core import config as config_mod
 from hatchway.core import fsutil
 from hatchway.core.digest import sha256
+from hatchway.core.policy import Origin, Violation
 
 from .. import labels as L
 from ..base import BackendError, SessionSpec
-from . import isolation
+from . import isolation, policy
 from .api import Docker, DockerError
 from .settings import NETWORK
 from .workspace import DockerExecProcess
@@ -63,6 +67,28 @@ def usable(spec: SessionSpec) -> bool:
     d = cfg.docker
     return (d.warm_pool > 0 and cfg.session.mode == "session" and not spec.agent_dir
             and not cfg.session.port_forwarding and not d.mounts and d.pull != "Always")
+
+
+def spare_config(cfg) -> tuple[object | None, str]:
+    """(the config the spares are made from, "") or (None, why there are
+    none): the file's, as a login in no group gets it without a config
+    webhook, through the admin's policy (which fills in the limits) as
+    daemon/resolve.py puts every session's."""
+    d, s = cfg.docker, cfg.session
+    why = ("session.mode is not session" if s.mode != "session" else
+           "docker.mounts is set (volumes are made per user)" if d.mounts else
+           "docker.pull is Always (every login asks the registry)" if d.pull == "Always" else
+           "session.port_forwarding is on" if s.port_forwarding else "")
+    raw = dataclasses.asdict(cfg)
+    if not why and config_mod.TEMPLATE.search(json.dumps(raw["docker"])):
+        why = "the docker settings hold {user}-like templates (each user's differ)"
+    if why:
+        return None, why
+    try:
+        policy.check(raw["docker"], raw["policy"], Origin(user=""))
+    except Violation as e:
+        return None, f"the policy refuses the file's docker settings: {e.message}"
+    return config_mod.typed(raw), ""
 
 
 def spare_spec(cfg, container_spec) -> tuple[str, dict]:
@@ -257,9 +283,15 @@ def keep(cfg, parent: int, container_spec) -> None:
     except OSError:
         pass
     wake.bind(path)
-    key, body = spare_spec(cfg, container_spec)
+    made_from, why = spare_config(cfg)
+    if made_from is None:
+        log.warning("warm pool: no spares: %s", why)
+        while not stopping and os.getppid() == parent:
+            time.sleep(POLL)
+        return
+    key, body = spare_spec(made_from, container_spec)
     body["Labels"] = L.for_spare(key, me)
-    keeper = Keeper(api, cfg, key, body, body["Labels"][L.PROCESS])
+    keeper = Keeper(api, made_from, key, body, body["Labels"][L.PROCESS])
     log.info("warm pool: keeping %d spare(s) of %s", cfg.docker.warm_pool, cfg.docker.image)
     try:
         while not stopping and os.getppid() == parent:
