@@ -59,7 +59,7 @@ def rows(cfg) -> list[dict]:
                     "pid": rec.get("pid"), "id": rec.get("session")})
     for f in backend(cfg).list():
         sid = f.labels.get(labels.SESSION, "")
-        if sid in claimed or W.is_workspace(f.labels):
+        if sid in claimed or W.is_workspace(f.labels) or f.spare:
             continue
         out.append({"session": sid[:12], "user": f.labels.get(labels.USER), "remote": "",
                     "command": "", "mode": f.labels.get(labels.MODE),

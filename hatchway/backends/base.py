@@ -119,6 +119,7 @@ class Found:
     going: bool = False            # already being removed (a pod with a deletionTimestamp)
     running: bool = False          # what runs in it can be exec'd into
     created: float | None = None   # when the engine made it (seconds since the epoch)
+    spare: bool = False            # a warm pool's spare nobody has claimed (Docker): no session's
 
 
 class Backend(ABC):
@@ -163,6 +164,16 @@ class Backend(ABC):
         """KILL every process of one session inside workspace `found` (the
         session's command is `pid`, started at `start`: exec_wrapper.SIGNAL)."""
         return False
+
+    # -- a warm pool of spare containers (Docker's; backends/docker/pool.py)
+
+    def keeps_spares(self) -> bool:
+        """Does the daemon run a keeper process for this backend's spares?"""
+        return False
+
+    def keep_spares(self, parent: int) -> None:
+        """The keeper process's life: until `parent` (the main process) is
+        gone or SIGTERM comes."""
 
     # -- the reaper
 

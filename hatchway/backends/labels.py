@@ -22,6 +22,7 @@ PROCESS = PREFIX + "process"
 MANAGED = PREFIX + "managed"
 WORKSPACE = PREFIX + "workspace"     # connection and persistent modes: the workspace's name
 SPEC = PREFIX + "spec"               # ... and a digest of what it was made from
+POOL = PREFIX + "pool"               # a warm pool's spare (Docker): a digest of its settings
 
 
 def host_id() -> str:
@@ -76,6 +77,12 @@ def for_workspace(user: str, mode: str, name: str, connection_id: str,
     if mode == "connection":
         out[CONNECTION] = connection_id
     return out
+
+
+def for_spare(pool_key: str, keeper_pid: int) -> dict[str, str]:
+    """A spare of the warm pool (backends/docker/pool.py): no user or session
+    yet, owned by the process that keeps the pool."""
+    return {MANAGED: "true", HOST: host_id(), POOL: pool_key, PROCESS: process_token(keeper_pid)}
 
 
 def owner_alive(labels: dict[str, str]) -> bool:

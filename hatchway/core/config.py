@@ -29,6 +29,8 @@ from .errors import ConfigError  # noqa: F401  (defined apart, see errors.py)
 # (__future__).
 
 DEFAULT_PATH = "/etc/hatchway/hatchway.yaml"
+# Placeholders a session's settings may hold (filled per user by daemon/resolve.py)
+TEMPLATE = re.compile(r"\{(user|uid|gid|group)\}")
 
 
 # --------------------------------------------------------------------------

@@ -109,20 +109,21 @@ def workspace_on_record(cfg, name: str) -> bool:
         return False        # not a workspace's name
 
 
-class MetricsProcess:
-    """The metrics process (daemon/metrics.py): started with the daemon, again
-    whenever it dies (backing off up to a minute while it keeps failing at
-    once, e.g. on a port someone else holds), stopped with the daemon."""
+class Companion:
+    """A long-lived child of the main process: the metrics process
+    (daemon/metrics.py) and the warm pool's keeper (Backend.keep_spares).
+    Started with the daemon, again whenever it dies (backing off up to a
+    minute while it keeps failing at once, e.g. on a port someone else
+    holds), stopped with the daemon.  `body(parent)` is its whole life."""
 
-    def __init__(self, cfg):
-        self.cfg = cfg
+    def __init__(self, comm: str, what: str, body):
+        self.comm, self.what, self.body = comm, what, body
         self.pid: int | None = None
         self.started = self.next_start = 0.0
         self.delay = 1.0
 
     def ensure(self) -> None:
-        if not self.cfg.metrics.listen or self.pid is not None \
-                or time.monotonic() < self.next_start:
+        if self.pid is not None or time.monotonic() < self.next_start:
             return
         parent = os.getpid()
         pid = os.fork()
@@ -132,12 +133,11 @@ class MetricsProcess:
         code = 1
         try:
             os.setsid()
-            name_process("hwd-metrics")
+            name_process(self.comm)
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            from . import metrics
-            metrics.serve(self.cfg.daemon.socket, self.cfg.metrics.listen, parent)
+            self.body(parent)
         except Exception as e:
-            log.error("metrics process failed: %s", e)
+            log.error("%s failed: %s", self.what, e)
         finally:
             os._exit(code)
 
@@ -156,6 +156,18 @@ class MetricsProcess:
                 os.kill(self.pid, signal.SIGTERM)
             except OSError:
                 pass
+
+
+def companions(cfg, backend) -> list[Companion]:
+    out = []
+    if cfg.metrics.listen:
+        def serve_metrics(parent):
+            from . import metrics
+            metrics.serve(cfg.daemon.socket, cfg.metrics.listen, parent)
+        out.append(Companion("hwd-metrics", "metrics process", serve_metrics))
+    if backend.keeps_spares():
+        out.append(Companion("hwd-pool", "warm pool keeper", backend.keep_spares))
+    return out
 
 
 def serve_session(conn: socket.socket, cfg) -> None:
@@ -220,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
         registry.policy(name), registry.containerssh(name)
     from hatchway.backends.base import BackendError
     try:
-        registry.make(cfg)      # also loads the Kubernetes connection once, for every fork
+        backend = registry.make(cfg)    # also loads the Kubernetes connection once, for every fork
     except BackendError as e:
         print(f"hatchwayd: {e}", file=sys.stderr)
         return 2
@@ -237,8 +249,9 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
 
     os.makedirs(live.directory(sock_path), mode=0o750, exist_ok=True)
-    metrics = MetricsProcess(cfg)
-    metrics.ensure()
+    kids = companions(cfg, backend)
+    for kid in kids:
+        kid.ensure()
     interval = cfg.daemon.reap_interval
     reaper, wanted = run_reaper(cfg), False
     next_reap = time.monotonic() + interval
@@ -257,10 +270,11 @@ def main(argv: list[str] | None = None) -> int:
             time.sleep(0.1)
             conn = None
         if conn is not None:
-            abnormal, gone = _collect_children(children, metrics)   # count only the living
+            abnormal, gone = _collect_children(children, kids)   # count only the living
             start_session(conn, server, cfg, children)
-        metrics.ensure()
-        more_abnormal, more_gone = _collect_children(children, metrics)
+        for kid in kids:
+            kid.ensure()
+        more_abnormal, more_gone = _collect_children(children, kids)
         if reaper in gone | more_gone:
             reaper = None
         wanted = wanted or abnormal or more_abnormal or time.monotonic() >= next_reap
@@ -269,7 +283,8 @@ def main(argv: list[str] | None = None) -> int:
             next_reap = time.monotonic() + interval
 
     log.info("stopping; live sessions keep running")
-    metrics.stop()
+    for kid in kids:
+        kid.stop()
     server.close()
     for path in (sock_path, pid_path):
         try:
@@ -288,7 +303,7 @@ def _write_pid(path: str) -> None:
         log.warning("cannot write %s: %s", path, e)
 
 
-def _collect_children(children: Children, metrics: MetricsProcess) -> tuple[bool, set[int]]:
+def _collect_children(children: Children, kids: list[Companion]) -> tuple[bool, set[int]]:
     """Reap exited children: whether a session process died abnormally, and
     the pids of all that ended."""
     abnormal, gone = False, set()
@@ -301,9 +316,10 @@ def _collect_children(children: Children, metrics: MetricsProcess) -> tuple[bool
             return abnormal, gone
         gone.add(pid)
         children.gone(pid)
-        if metrics.exited(pid):
-            log.warning("metrics process %d ended (status %d); starting it again in %gs",
-                        pid, status, metrics.delay)
+        kid = next((k for k in kids if k.exited(pid)), None)
+        if kid is not None:
+            log.warning("%s %d ended (status %d); starting it again in %gs",
+                        kid.what, pid, status, kid.delay)
         elif os.WIFSIGNALED(status) or (os.WIFEXITED(status) and os.WEXITSTATUS(status)):
             log.warning("session process %d died abnormally (status %d)", pid, status)
             abnormal = True

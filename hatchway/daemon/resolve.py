@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import pwd
-import re
 
 from hatchway.backends import registry
 from hatchway.core import config as config_mod
@@ -31,7 +30,7 @@ from . import containerssh as containerssh_config, policy
 
 log = logging.getLogger("hatchwayd")
 
-TEMPLATE = re.compile(r"\{(user|uid|gid|group)\}")
+TEMPLATE = config_mod.TEMPLATE
 
 
 class ConfigRefused(HatchwayError):

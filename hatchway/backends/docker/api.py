@@ -172,6 +172,9 @@ class Docker:
         self.call("DELETE", f"/containers/{quote(cid)}", query={"force": 1, "v": 1},
                   ok=(204, 404, 409))
 
+    def rename(self, cid: str, name: str) -> None:
+        self.call("POST", f"/containers/{quote(cid)}/rename", query={"name": name}, ok=(204,))
+
     def inspect(self, cid: str) -> dict | None:
         try:
             return self.call("GET", f"/containers/{quote(cid)}/json")

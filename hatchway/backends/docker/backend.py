@@ -17,7 +17,7 @@ from .. import labels as L
 from .. import workspaces as W
 from ..base import Backend, BackendError, Found, Process, SessionSpec
 from ..exec_wrapper import signal_argv
-from . import isolation, workspace
+from . import isolation, pool, workspace
 from .api import ENGINE_DOWN, Docker, DockerError
 from .process import DETACH_KEYS, DockerProcess, succeeds
 from .settings import NETWORK
@@ -149,6 +149,10 @@ class DockerBackend(Backend):
             return self._exec_into_workspace(spec, image_id)
         if d.pull == "Always":
             self._ensure_image(d.image, d.pull, d.start_timeout)
+        if pool.usable(spec):
+            proc = pool.start_in(self.api, spec, container_name(spec), container_spec)
+            if proc is not None:
+                return proc
         body, name = container_spec(spec), container_name(spec)
         try:
             try:
@@ -250,13 +254,40 @@ class DockerBackend(Backend):
             raise BackendError(msg, msg + (f": {why}" if why else ""))
 
     def list(self, user: str | None = None) -> list[Found]:
+        # a claimed spare of the warm pool has no user label (labels are set
+        # at create): the user is picked here, from what pool.py says it is
         try:
-            found = self.api.list([f"{k}={v}" for k, v in L.selector(user).items()])
+            found = self.api.list([f"{k}={v}" for k, v in L.selector().items()])
         except DockerError as e:
             raise BackendError(f"cannot list session containers: {e}") from None
-        return [Found(c["Id"], c.get("Labels") or {}, c.get("State") or "",
-                      running=c.get("State") == "running", created=c.get("Created"))
-                for c in found]
+        out = []
+        for c in found:
+            labels, spare = c.get("Labels") or {}, False
+            if L.POOL in labels:
+                spare = pool.is_spare(c)
+                if not spare:
+                    labels = pool.claimed_labels(self.cfg, c["Id"], labels)
+            if user is not None and (spare or labels.get(L.USER) != user):
+                continue
+            out.append(Found(c["Id"], labels, c.get("State") or "", spare=spare,
+                             running=c.get("State") == "running", created=c.get("Created")))
+        return out
+
+    def reap(self, is_alive) -> list[str]:
+        removed = super().reap(is_alive)
+        try:
+            pool.sweep_records(self.cfg, {f.name for f in self.list()})
+        except BackendError:
+            pass
+        return removed
+
+    # -- the warm pool (pool.py): the daemon forks its keeper when one is wanted
+
+    def keeps_spares(self) -> bool:
+        return self.cfg.docker.warm_pool > 0 and self.cfg.session.mode == "session"
+
+    def keep_spares(self, parent: int) -> None:
+        pool.keep(self.cfg, parent, container_spec)
 
     def remove(self, found: Found) -> bool:
         return succeeds(lambda: self.api.remove(found.name))

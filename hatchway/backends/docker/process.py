@@ -218,14 +218,21 @@ class DockerProcess(Process):
                 return
             self._gone = True
         self.stream.close()
-        end, pause = time.monotonic() + REMOVE_FOR, 0.2
-        while not succeeds(lambda: self.api.remove(self.cid)):
-            if time.monotonic() + pause > end:
-                log.warning("could not remove container %s (the engine does not answer); "
-                            "the reaper will", self.id)
-                return
-            time.sleep(pause)
-            pause = min(pause * 2, 2.0)
+        remove_container(self.api, self.cid)
+
+
+def remove_container(api: Docker, cid: str) -> bool:
+    """Remove a session's container, retrying while the engine does not
+    answer (for up to REMOVE_FOR); False if it is still there."""
+    end, pause = time.monotonic() + REMOVE_FOR, 0.2
+    while not succeeds(lambda: api.remove(cid)):
+        if time.monotonic() + pause > end:
+            log.warning("could not remove container %s (the engine does not answer); "
+                        "the reaper will", cid[:12])
+            return False
+        time.sleep(pause)
+        pause = min(pause * 2, 2.0)
+    return True
 
 
 def succeeds(fn) -> bool:

@@ -19,6 +19,11 @@ def _docker_host(value: str) -> str:
     return value
 
 
+def _pool_size(value: int) -> int:
+    if not 0 <= value <= 50:
+        raise ValueError(f"expected 0 (no pool) to 50 spare containers, got {value}")
+    return value
+
 
 def _mounts(value: list) -> list:
     """Normalise `SRC:DST[:ro]` strings and {source,target,read_only,type}
@@ -81,12 +86,15 @@ class Settings:
     pid_mode: str | None = T("str", None)
     ipc_mode: str | None = T("str", None)
     start_timeout: float = T("duration", 60.0)
-    # connection and persistent modes: what the workspace container runs
-    # while sessions are exec'd into it
+    # session mode: how many spare containers to keep running ahead of
+    # logins (pool.py); the daemon's alone (DAEMON_WIDE)
+    warm_pool: int = T("int", 0, check=_pool_size)
+    # connection and persistent modes, and the warm pool's spares: what the
+    # container runs while sessions are exec'd into it
     idle_command: list = T("list", ["/bin/sh", "-c", "while :; do sleep 3600; done"],
                            item=T("str"), check=check_argv)
 
 
-DAEMON_WIDE = ("host", "ca_file", "cert_file", "key_file")
+DAEMON_WIDE = ("host", "ca_file", "cert_file", "key_file", "warm_pool")
 WEBHOOK_MAY_SET = ["image", "env", "user", "workdir", "mounts", "tmpfs", "read_only", "memory",
                    "cpus", "pids_limit"]

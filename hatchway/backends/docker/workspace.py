@@ -105,6 +105,8 @@ class DockerExecProcess(DockerProcess):
     (the same hijacked stream, demultiplexed the same way); the control side
     is by exec."""
 
+    what = "your workspace"     # for the user's error lines
+
     def __init__(self, api: Docker, cid: str, rec: W.Record, spec: SessionSpec):
         super().__init__(api, cid, None, None, spec.pty)
         self.id = rec.name
@@ -133,15 +135,15 @@ class DockerExecProcess(DockerProcess):
             self.stream = self.api.hijack("POST", f"/exec/{self.exec_id}/start",
                                           body={"Detach": False, "Tty": spec.pty})
         except DockerError as e:
-            raise BackendError("cannot run the command in your workspace",
-                               f"cannot exec into workspace {self.rec.name}: {e}") from None
+            raise BackendError(f"cannot run the command in {self.what}",
+                               f"cannot exec into {self.rec.name}: {e}") from None
         self.pid, self.start_time, self.pending = read_pid(self._first_output)
         if self.pid is None:
             # The wrapper did not run: what dockerd or the shell said instead
             said = b"".join(data for _, data in self.pending).decode("utf-8", "replace")
             st = self.exit_status(timeout=5.0)
             why = said.strip().splitlines()[0] if said.strip() else f"exit {st.code}"
-            raise BackendError(f"cannot run the command in your workspace: {why[:300]}")
+            raise BackendError(f"cannot run the command in {self.what}: {why[:300]}")
         self.rec.update(self.spec.session_id, pid=self.pid, start=self.start_time)
 
     # -- bytes: what the wrapper's line came with first
@@ -201,7 +203,7 @@ class DockerExecProcess(DockerProcess):
                 there = self.api.inspect(self.cid) is not None
             except DockerError:
                 return ENGINE_GONE
-            return ENGINE_GONE if there else "your workspace was removed; this session has ended"
+            return ENGINE_GONE if there else f"{self.what} was removed; this session has ended"
         return "lost the exit status of the command"
 
     def destroy(self) -> None:
