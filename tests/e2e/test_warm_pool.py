@@ -439,6 +439,36 @@ def test_gc_removes_a_claimed_spare_whose_session_process_was_killed(pw):
             p.wait()
 
 
+def test_gc_alone_removes_what_a_killed_daemon_left(pw):
+    # The daemon's main process (which reaps when a session process dies) and
+    # its keeper (which prunes spares of dead keepers) are both killed: only
+    # `hatchway gc` can remove the claimed spare and the spares after that.
+    p, ctr = _hold(pw, {short(c) for c in wait_spares(pw)})
+    try:
+        pid = int(_live_row("alice")["pid"])
+        left = wait_spares(pw, without=(ctr["ID"],))
+        keeper = token_pid(left[0]["labels"]["io.hatchway.process"])
+        pw.stop_daemon(signal.SIGKILL)
+        os.kill(keeper, signal.SIGKILL)         # before it sees its parent gone
+        os.kill(pid, signal.SIGKILL)
+        p.communicate(timeout=60)
+        for gone_pid in (keeper, pid):
+            wait_for(lambda: dead(gone_pid), SETTLE, 0.1, what=f"process {gone_pid} to end")
+        # nothing runs that would remove them: all three are still there
+        assert {c["ID"] for c in _all(pw)} == {ctr["ID"]} | {c["ID"] for c in left}
+        g = run(["hatchway", "gc"], check=False)
+        assert g.returncode == 0, g.stderr
+        assert g.stdout.startswith("removed 3 orphaned container(s)"), g.stdout
+        assert _all(pw) == [], [c["Names"] for c in _all(pw)]
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+        if "daemon" not in pw.procs:
+            pw.start_daemon()
+    wait_spares(pw)
+
+
 def test_spares_of_a_dead_keeper_are_removed_and_the_pool_comes_back(pw):
     old = wait_spares(pw)
     keeper = token_pid(old[0]["labels"]["io.hatchway.process"])
