@@ -320,9 +320,22 @@ class DockerBackend(Backend):
                                  "no traffic between containers)")
                 except BackendError as e:
                     problems.append(f"docker: {e.log_reason}")
+            if d.warm_pool:
+                notes.append(self._pool_note())
         except DockerError as e:
             problems.append(f"docker: {e}")
         return problems + _socket_access(d.host), notes
+
+    def _pool_note(self) -> str:
+        made_from, why = pool.spare_config(self.cfg)
+        if made_from is None:
+            return f"docker: warm pool: no spares: {why}"
+        try:
+            ready = sum(1 for f in self.list() if f.spare and f.running)
+        except BackendError as e:
+            return f"docker: warm pool: {e}"
+        return (f"docker: warm pool: {ready} of {self.cfg.docker.warm_pool} spares ready "
+                "(while hatchwayd runs)")
 
 
 def _socket_access(host: str, user: str = "hatchway") -> list[str]:

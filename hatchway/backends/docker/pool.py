@@ -56,6 +56,7 @@ log = logging.getLogger("hatchwayd")
 
 SPARE_PREFIX = "hatchway-pool-"
 POLL = 1.0              # how often the keeper looks, unless a claim wakes it first
+IMAGE_EVERY = 10.0      # how often it asks which image the tag names now
 
 
 def records_dir(cfg) -> str:
@@ -312,10 +313,20 @@ class Keeper:
         self.api, self.cfg, self.key, self.body, self.token = api, cfg, key, body, token
         self.want = cfg.docker.warm_pool
         self.said = ""          # the last problem logged: said once, not every POLL
+        self.image: str | None = None
+        self.image_checked = float("-inf")
+
+    def _image(self) -> str | None:
+        """The image's id, asked at most every IMAGE_EVERY: a pull of a new
+        version reaches the spares within that."""
+        if self.image is None or time.monotonic() - self.image_checked >= IMAGE_EVERY:
+            self.image = self.api.image_id(self.cfg.docker.image)
+            self.image_checked = time.monotonic()
+        return self.image
 
     def step(self) -> None:
         try:
-            image = self.api.image_id(self.cfg.docker.image)
+            image = self._image()
             if image is None:
                 return self._problem(f"image {self.cfg.docker.image} is not here yet "
                                      "(the first login pulls it)")
