@@ -239,7 +239,7 @@ def _claim(api: Docker, cfg, key: str, name: str, labels: dict[str, str]) -> str
         spares = sorted((c for c in found if is_spare(c)
                          and (c.get("Labels") or {}).get(L.POOL) == key
                          and c.get("State") == "running"),
-                        key=lambda c: c.get("Created") or 0)
+                        key=lambda c: (c.get("Created") or 0, c["Names"][0]))
         for c in spares:
             cid = c["Id"]
             path = _record_path(cfg, cid)
@@ -368,7 +368,9 @@ class Keeper:
         return ready
 
     def _make(self) -> None:
-        name = SPARE_PREFIX + secrets.token_hex(6)
+        # the time in ms first: claims go oldest first by name, where the
+        # engine's own creation time is in whole seconds
+        name = f"{SPARE_PREFIX}{time.time_ns() // 1_000_000:011x}{secrets.randbelow(16):x}"
         cid = self.api.create(self.body, name)
         try:
             self.api.start(cid)
