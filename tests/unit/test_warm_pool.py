@@ -246,3 +246,17 @@ def test_no_spares_for_settings_made_per_user(tmp_path):
                          ({"pull": "Always"}, "Always")):
         made_from, why = pool.spare_config(make_cfg(tmp_path, docker))
         assert made_from is None and part in why, (docker, why)
+
+
+def test_a_spare_that_died_under_its_claim_gives_way_to_a_container_of_its_own(cfg):
+    # the exec into it fails: start_in() says None (the backend then creates
+    # the session's own container) and the spare and its record are gone
+    e = FakeEngine()
+    cid = spare(e, cfg)
+
+    def exec_create(container, body):
+        raise DockerError(409, f"container {container} is not running")
+    e.exec_create = exec_create
+    assert pool.start_in(e, spec_for(cfg), "hatchway-alice-aaaa", container_spec) is None
+    assert cid not in e.containers
+    assert os.listdir(pool.records_dir(cfg)) == [".lock"]

@@ -226,6 +226,13 @@ def start_in(api: Docker, spec: SessionSpec, name: str, container_spec) -> Spare
     proc = SpareProcess(api, cid, _Claim(name, _record_path(cfg, cid)), spec)
     try:
         proc.start(spec.argv)
+    except BackendError as e:
+        # the command did not start (no exec, or its wrapper never ran): a
+        # spare that died a moment ago must not cost the user the login
+        log.warning("warm pool: spare %s failed (%s); starting a container", cid[:12],
+                    e.log_reason)
+        proc.destroy()
+        return None
     except BaseException:
         proc.destroy()
         raise
