@@ -49,7 +49,7 @@ from ..base import BackendError, SessionSpec
 from . import isolation, policy
 from .api import Docker, DockerError
 from .settings import NETWORK
-from .workspace import DockerExecProcess
+from .workspace import DockerExecProcess, idle_container
 from .process import remove_container, succeeds
 
 log = logging.getLogger("hatchwayd")
@@ -97,13 +97,9 @@ def spare_spec(cfg, container_spec) -> tuple[str, dict]:
     for a session of it, with the session's own parts taken out (command,
     stdio, terminal, its environment, labels), running the idle command.  Two
     configs whose sessions' containers differ only in those have one key."""
-    d = cfg.docker
     blank = SessionSpec(user="", uid=0, session_id="", connection_id="", kind="exec", argv=[],
                         pty=False, term=None, size=None, env={}, remote_address="", config=cfg)
-    body = dict(container_spec(blank), Cmd=list(d.idle_command), Tty=False, OpenStdin=False,
-                StdinOnce=False, AttachStdin=False, AttachStdout=False, AttachStderr=False,
-                Env=[f"{k}={v}" for k, v in d.env.items()])
-    body.pop("Labels", None)
+    body = idle_container(container_spec(blank), cfg.docker)
     key = sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
     return key, body
 

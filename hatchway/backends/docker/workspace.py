@@ -37,15 +37,21 @@ from .process import DETACH_KEYS, DockerProcess
 log = logging.getLogger("hatchwayd")
 
 
-def workspace_spec(spec: SessionSpec, base: dict, name: str, image_id: str) -> dict:
-    """The workspace container: the session container's spec (`base`, all of
-    its host settings and limits) running the idle command, with no stdio and
-    no session environment (each exec brings its own)."""
-    d = spec.config.docker
+def idle_container(base: dict, d) -> dict:
+    """A session container's spec (`base`, all of its host settings and
+    limits) running docker.idle_command instead, with no stdio, no session
+    environment and no labels: what workspaces and the warm pool's spares
+    run while sessions are exec'd into them (each exec brings its own)."""
     body = dict(base, Cmd=list(d.idle_command), Tty=False, OpenStdin=False, StdinOnce=False,
                 AttachStdin=False, AttachStdout=False, AttachStderr=False,
                 Env=[f"{k}={v}" for k, v in d.env.items()])
     body.pop("Labels", None)
+    return body
+
+
+def workspace_spec(spec: SessionSpec, base: dict, name: str, image_id: str) -> dict:
+    """The workspace container: idle_container() with its labels."""
+    body = idle_container(base, spec.config.docker)
     digest = sha256(json.dumps([body, image_id], sort_keys=True).encode()).hexdigest()[:16]
     body["Labels"] = L.for_workspace(spec.user, spec.config.session.mode, name,
                                      spec.connection_id, digest)
