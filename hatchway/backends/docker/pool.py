@@ -63,11 +63,19 @@ def records_dir(cfg) -> str:
     return os.path.join(os.path.dirname(cfg.daemon.socket), "pool")
 
 
+def _unservable(cfg) -> str:
+    """Why no spare can serve a session of this config ("" if one can): the
+    keeper makes none for the file's, a login takes none for its own."""
+    d, s = cfg.docker, cfg.session
+    return ("session.mode is not session" if s.mode != "session" else
+            "docker.mounts is set (volumes are made per user)" if d.mounts else
+            "docker.pull is Always (every login asks the registry)" if d.pull == "Always" else
+            "session.port_forwarding is on" if s.port_forwarding else "")
+
+
 def usable(spec: SessionSpec) -> bool:
-    cfg = spec.config
-    d = cfg.docker
-    return (d.warm_pool > 0 and cfg.session.mode == "session" and not spec.agent_dir
-            and not cfg.session.port_forwarding and not d.mounts and d.pull != "Always")
+    return spec.config.docker.warm_pool > 0 and not spec.agent_dir \
+        and not _unservable(spec.config)
 
 
 def spare_config(cfg) -> tuple[object | None, str]:
@@ -75,11 +83,7 @@ def spare_config(cfg) -> tuple[object | None, str]:
     none): the file's, as a login in no group gets it without a config
     webhook, through the admin's policy (which fills in the limits) as
     daemon/resolve.py puts every session's."""
-    d, s = cfg.docker, cfg.session
-    why = ("session.mode is not session" if s.mode != "session" else
-           "docker.mounts is set (volumes are made per user)" if d.mounts else
-           "docker.pull is Always (every login asks the registry)" if d.pull == "Always" else
-           "session.port_forwarding is on" if s.port_forwarding else "")
+    why = _unservable(cfg)
     raw = dataclasses.asdict(cfg)
     if not why and config_mod.TEMPLATE.search(json.dumps(raw["docker"])):
         why = "the docker settings hold {user}-like templates (each user's differ)"
