@@ -260,3 +260,35 @@ def test_a_spare_that_died_under_its_claim_gives_way_to_a_container_of_its_own(c
     assert pool.start_in(e, spec_for(cfg), "hatchway-alice-aaaa", container_spec) is None
     assert cid not in e.containers
     assert os.listdir(pool.records_dir(cfg)) == [".lock"]
+
+
+def test_records_are_swept_under_the_pools_lock(cfg):
+    # a claim (record, then rename) holds the lock; a sweep that read the
+    # containers outside it could drop the record of a spare made and
+    # claimed meanwhile, and the next reap would remove a live session's
+    # container as an orphan
+    import threading
+    e = FakeEngine()
+    stale = os.path.join(pool.records_dir(cfg), "e" * 64)
+    with open(stale, "w") as f:
+        f.write("{}")
+    with pool._Lock(cfg):
+        sweeper = threading.Thread(target=pool.sweep_records, args=(e, cfg))
+        sweeper.start()
+        sweeper.join(0.3)
+        assert sweeper.is_alive() and os.path.exists(stale)
+        # meanwhile a claim: its record must survive the sweep
+        cid = spare(e, cfg)
+        fresh = os.path.join(pool.records_dir(cfg), cid)
+        with open(fresh, "w") as f:
+            f.write("{}")
+    sweeper.join(10)
+    assert not os.path.exists(stale) and os.path.exists(fresh)
+
+
+def test_a_sweep_where_no_keeper_ran_makes_no_lock_file(tmp_path):
+    # `hatchway gc` runs as root: a lock file of root's would lock the daemon out
+    cfg = make_cfg(tmp_path)
+    os.makedirs(pool.records_dir(cfg))
+    pool.sweep_records(FakeEngine(), cfg)
+    assert os.listdir(pool.records_dir(cfg)) == []

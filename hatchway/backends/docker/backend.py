@@ -276,9 +276,9 @@ class DockerBackend(Backend):
     def reap(self, is_alive) -> list[str]:
         removed = super().reap(is_alive)
         try:
-            pool.sweep_records(self.cfg, {f.name for f in self.list()})
-        except BackendError:
-            pass
+            pool.sweep_records(self.api, self.cfg)
+        except (DockerError, OSError) as e:
+            log.warning("cannot sweep the warm pool's claim records: %s", e)
         return removed
 
     # -- the warm pool (pool.py): the daemon forks its keeper when one is wanted

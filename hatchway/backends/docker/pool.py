@@ -138,29 +138,35 @@ def claimed_labels(cfg, cid: str, labels: dict[str, str]) -> dict[str, str]:
     return {k: v for k, v in labels.items() if k != L.PROCESS}
 
 
-def sweep_records(cfg, present: set[str]) -> None:
-    """Drop the claim records of containers that are gone."""
+def sweep_records(api: Docker, cfg) -> None:
+    """Drop the claim records of containers that are gone.  Under the pool's
+    lock, with the containers listed inside it: a spare made after a list
+    taken outside it and claimed before the records were read would lose
+    its record, and its live session's container would pass for an orphan
+    at the next reap."""
     try:
-        names = os.listdir(records_dir(cfg))
-    except OSError:
-        return
-    for name in names:
-        if len(name) == 64 and name not in present:
-            try:
-                os.unlink(_record_path(cfg, name))
-            except OSError:
-                pass
+        with _Lock(cfg, create=False):
+            present = {c["Id"] for c in api.list([f"{L.MANAGED}=true", f"{L.HOST}={L.host_id()}",
+                                                   L.POOL])}
+            for name in os.listdir(records_dir(cfg)):
+                if len(name) == 64 and name not in present:
+                    os.unlink(_record_path(cfg, name))
+    except FileNotFoundError:
+        return      # no keeper has run here: no records
 
 
 class _Lock:
     """The pool's lock: claims and the keeper's removals take it, so a
     spare is handed to one session only and never removed under a claim."""
 
-    def __init__(self, cfg):
+    def __init__(self, cfg, create: bool = True):
+        # the reaper of `hatchway gc` runs as root: a lock file it made would
+        # be root's, and the daemon could not open it
         self.path = os.path.join(records_dir(cfg), ".lock")
+        self.flags = os.O_RDWR | os.O_CLOEXEC | (os.O_CREAT if create else 0)
 
     def __enter__(self):
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        self.fd = os.open(self.path, self.flags, 0o600)
         fcntl.flock(self.fd, fcntl.LOCK_EX)
         return self
 
