@@ -22,7 +22,7 @@ import time
 import pexpect
 import pytest
 
-from .engine import session_pids
+from .engine import daemon_own, session_pids
 from .stack import HOST_ID, run, token_pid, wait_for
 
 POOL = 2
@@ -62,18 +62,31 @@ def others(stack) -> list[dict]:
 
 
 def wait_spares(stack, n: int = POOL, without: tuple = ()) -> list[dict]:
-    """Wait until exactly `n` spares are up and running, none of them one of
-    the container ids in `without`; the spares."""
+    """Wait until exactly `n` spares are up and running, all of them the
+    running daemon's keeper's, none of them one of the container ids in
+    `without`; the spares.  (Right after a restart the old keeper is still
+    removing its own: a set taken then held one of them, which went a moment
+    later, and a fresh-clone CI run failed on it.)"""
     def ready():
         s = spares(stack)
+        main = daemon_own()
         ok = len(s) == n and all(c["State"] == "running" for c in s) \
-            and not any(c["ID"] in without for c in s)
+            and not any(c["ID"] in without for c in s) \
+            and all(_parent(token_pid(c["labels"]["io.hatchway.process"])) in main for c in s)
         return s if ok else None
     try:
         return wait_for(ready, SETTLE, 0.1, what=f"{n} spare containers")
     except TimeoutError as e:
         raise TimeoutError(f"{e}; managed containers now: "
                            f"{[(c['Names'], c['State']) for c in _all(stack)]}") from None
+
+
+def _parent(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def short(c: dict) -> str:
