@@ -52,7 +52,7 @@ def retry_def(tries: int) -> str:
 # 300 tries: a deadline of 30 s and more, where the listener needs about 1 s
 RETRY = retry_def(300)
 # Where a container's listening TCP sockets are, as text for listening_ports()
-LISTENERS = "cat /proc/net/tcp /proc/net/tcp6 2>/dev/null"
+LISTENERS = "cat /proc/net/tcp /proc/net/tcp6 2>/dev/null; true"
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -351,33 +351,6 @@ def test_the_listener_lands_in_the_running_container_and_goes_with_the_forward(h
         stop(holder)
 
 
-@pytest.mark.config({"session": {"remote_forward_ports": RANGE, "mode": "persistent"}})
-def test_a_persistent_workspace_gets_each_connections_forward(hw, origin):
-    first, second = 47120, 47121
-    run(["hatchway", "workspaces", "rm", "alice"], check=False)
-    try:
-        r = hw.ssh("alice", RETRY + "echo kept > /root/mark; "
-                                    f"retry wget -qO- http://127.0.0.1:{first}/",
-                   options=r_opt(first, origin.port))
-        assert (r.returncode, r.stdout.decode()) == (0, TOKEN + "\n"), r
-        ws = hw.one_container(user="alice", mode="persistent")
-        # a later connection's -N forward serves the same environment
-        f = rforward(hw, "alice", second, origin.port)
-        try:
-            r = hw.ssh("alice", RETRY + "cat /root/mark; "
-                                        f"retry wget -qO- http://127.0.0.1:{second}/")
-            assert (r.returncode, r.stdout.decode()) == (0, f"kept\n{TOKEN}\n"), r
-        finally:
-            stop(f)
-        # the workspace outlives both connections; their listeners do not
-        wait_for(lambda: not (listening_ports(inside(ws, LISTENERS, check=False).stdout)
-                              & {first, second}), 30,
-                 what="the workspace's listeners to close")
-        assert hw.one_container(user="alice", mode="persistent")["ID"] == ws["ID"]
-    finally:
-        run(["hatchway", "workspaces", "rm", "alice"], check=False)
-
-
 # ------------------------------------------------------------------ it does not leak
 
 
@@ -486,13 +459,6 @@ def test_a_port_outside_the_list_or_a_dynamic_one_is_refused(hw, origin):
     refused_R(hw, "alice", 0, origin.port)
 
 
-@pytest.mark.parametrize("session", [{}, {"port_forwarding": True}], ids=["all-off", "only-L"])
-def test_without_a_list_R_is_refused(hw, origin, session):
-    hw.reconfigure({"session": session} if session else {})
-    refused_R(hw, "alice", 47114, origin.port)
-    assert host_listeners(47114) == set()
-
-
 @pytest.mark.config(RFWD)
 def test_with_only_R_on_L_stays_refused(hw):
     """The two directions are independent: the -R list gives no -L/-W."""
@@ -513,6 +479,17 @@ def test_without_the_guard_R_is_refused(hw, netguard, origin):
         hw.start_netguard()
 
 
+@pytest.mark.parametrize("policy", [
+    pytest.param({}, marks=pytest.mark.config({}), id="all-off"),
+    pytest.param({"session": {"port_forwarding": True}},
+                 marks=pytest.mark.config({"session": {"port_forwarding": True}}), id="only-L"),
+])
+def test_without_a_list_R_is_refused(hw, origin, policy):
+    # (-L on alone: its key options carry no permitlisten but a dead one)
+    refused_R(hw, "alice", 47114, origin.port)
+    assert host_listeners(47114) == set()
+
+
 @pytest.mark.config({"session": {"remote_forward_ports": [47161]},
                      "groups": {GROUP: {"session": {"remote_forward_ports": [47160]}}}})
 def test_a_group_entry_replaces_the_list_for_its_members(hw, origin, rfwd_group):
@@ -524,3 +501,33 @@ def test_a_group_entry_replaces_the_list_for_its_members(hw, origin, rfwd_group)
     # bob (not in it): the top-level port only
     refused_R(hw, "bob", 47160, origin.port)
     stop(rforward(hw, "bob", 47161, origin.port))
+
+
+# ------------------------------------------------------------------ one environment
+
+
+@pytest.mark.config({"session": {"remote_forward_ports": RANGE, "mode": "persistent"}})
+def test_a_persistent_workspace_gets_each_connections_forward(hw, origin):
+    first, second = 47120, 47121
+    run(["hatchway", "workspaces", "rm", "alice"], check=False)
+    try:
+        r = hw.ssh("alice", RETRY + "echo kept > /root/mark; "
+                                    f"retry wget -qO- http://127.0.0.1:{first}/",
+                   options=r_opt(first, origin.port))
+        assert (r.returncode, r.stdout.decode()) == (0, TOKEN + "\n"), r
+        ws = hw.one_container(user="alice", mode="persistent")
+        # a later connection's -N forward serves the same environment
+        f = rforward(hw, "alice", second, origin.port)
+        try:
+            r = hw.ssh("alice", RETRY + "cat /root/mark; "
+                                        f"retry wget -qO- http://127.0.0.1:{second}/")
+            assert (r.returncode, r.stdout.decode()) == (0, f"kept\n{TOKEN}\n"), r
+        finally:
+            stop(f)
+        # the workspace outlives both connections; their listeners do not
+        wait_for(lambda: not (listening_ports(inside(ws, LISTENERS, check=False).stdout)
+                              & {first, second}), 30,
+                 what="the workspace's listeners to close")
+        assert hw.one_container(user="alice", mode="persistent")["ID"] == ws["ID"]
+    finally:
+        run(["hatchway", "workspaces", "rm", "alice"], check=False)
