@@ -531,3 +531,24 @@ def test_a_persistent_workspace_gets_each_connections_forward(hw, origin):
         assert hw.one_container(user="alice", mode="persistent")["ID"] == ws["ID"]
     finally:
         run(["hatchway", "workspaces", "rm", "alice"], check=False)
+
+
+# ------------------------------------------------------------------ sshd
+
+
+def test_sshd_leaves_the_listen_ports_to_the_key_options(stack):
+    """For a Hatchway user the drop-in allows TCP forwarding and any listen
+    port (the key line's permitlisten options narrow it), never on other
+    addresses than loopback and never on Unix sockets."""
+    # (the drop-in is the package's, the same whatever hatchway.yaml says)
+    out = run(["sshd", "-T", "-f", "/etc/ssh/sshd_config",
+               "-h", str(stack.tmp / "ssh_host_ed25519_key"),
+               "-C", "user=alice,host=localhost,addr=127.0.0.1"]).stdout
+    conf = {}
+    for line in out.splitlines():
+        key, _, value = line.partition(" ")
+        conf.setdefault(key, value)
+    assert {k: conf.get(k) for k in ("allowtcpforwarding", "permitlisten",
+                                     "allowstreamlocalforwarding", "gatewayports")} == {
+        "allowtcpforwarding": "yes", "permitlisten": "any",
+        "allowstreamlocalforwarding": "no", "gatewayports": "no"}
