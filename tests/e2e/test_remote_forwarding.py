@@ -22,6 +22,7 @@ import os
 import socket
 import subprocess
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -39,6 +40,7 @@ IMPOSTOR = b"IMPOSTOR-ON-HOST-LOOPBACK"
 BIG = os.urandom(10 << 20)
 BIG_SHA = hashlib.sha256(BIG).hexdigest()
 GROUP = "hw-rfwd"
+RPORTS = Path("/run/hatchway-netguard/rports")     # the guard's list of reserved ports
 
 
 
@@ -65,6 +67,38 @@ def netguard(stack):
         yield stack
     finally:
         stack.stop_netguard()
+
+
+def listed(cfg: dict) -> set[int]:
+    """Every port of the config's remote_forward_ports lists (top level and
+    groups): what the guard must reserve for it."""
+    lists = [(cfg.get("session") or {}).get("remote_forward_ports") or []]
+    lists += [((g or {}).get("session") or {}).get("remote_forward_ports") or []
+              for g in (cfg.get("groups") or {}).values()]
+    out = set()
+    for item in (i for lst in lists for i in lst):
+        low, _, high = str(item).partition("-")
+        out.update(range(int(low), int(high or low) + 1))
+    return out
+
+
+def published() -> set[int] | None:
+    try:
+        return {int(p) for p in RPORTS.read_text().split()}
+    except (OSError, ValueError):
+        return None
+
+
+@pytest.fixture(autouse=True)
+def guard_caught_up(hw):
+    """The guard rereads the config every 2 s, and hatchway-keys offers only
+    ports the guard reserves already (fail closed): right after a config
+    change a login could miss a new port.  Each test starts once the guard
+    has published its config's ports."""
+    want = listed(hw.config)
+    wait_for(lambda: published() == want, 20, 0.1,
+             what=f"hatchway-netguard to reserve the config's -R ports {sorted(want)}")
+    return hw
 
 
 class _Origin(http.server.BaseHTTPRequestHandler):
@@ -403,9 +437,10 @@ def test_a_listed_port_is_reserved_on_the_hosts_loopback_without_any_forward(hw)
 
 @pytest.mark.config(RFWD)
 def test_the_relay_joins_only_the_users_own_sshd_listener(hw, origin):
-    """root holds 127.0.0.1:P, so alice's sshd gets only [::1]:P: whatever
-    the relay reaches on 127.0.0.1:P is not alice's, and nothing from it may
-    reach her container (nor her container's bytes it)."""
+    """root holds 127.0.0.1:P, so alice's sshd gets only [::1]:P: the
+    listener on 127.0.0.1:P is not alice's, and nothing from it may reach
+    her container (nor her container's bytes it), whichever address the
+    relay tries."""
     port = 47119
     impostor = serve(_Impostor, "127.0.0.1", port)
     try:
@@ -536,13 +571,14 @@ def test_a_persistent_workspace_gets_each_connections_forward(hw, origin):
 # ------------------------------------------------------------------ sshd
 
 
-def test_sshd_leaves_the_listen_ports_to_the_key_options(stack):
+@pytest.mark.config(RFWD)
+def test_sshd_leaves_the_listen_ports_to_the_key_options(hw):
     """For a Hatchway user the drop-in allows TCP forwarding and any listen
     port (the key line's permitlisten options narrow it), never on other
     addresses than loopback and never on Unix sockets."""
     # (the drop-in is the package's, the same whatever hatchway.yaml says)
     out = run(["sshd", "-T", "-f", "/etc/ssh/sshd_config",
-               "-h", str(stack.tmp / "ssh_host_ed25519_key"),
+               "-h", str(hw.tmp / "ssh_host_ed25519_key"),
                "-C", "user=alice,host=localhost,addr=127.0.0.1"]).stdout
     conf = {}
     for line in out.splitlines():
