@@ -42,6 +42,7 @@ def check(config_path):
         backend_problems, backend_notes = backend.check()
         backend_problems += agent_problems(cfg, backend.agent_forwarding)
         backend_problems += port_problems(cfg, backend=backend)
+        backend_problems += remote_port_problems(cfg)
     except Exception as e:          # a backend that cannot even be set up
         backend_problems, backend_notes = [f"{cfg.backend}: {e}"], []
     problems += backend_problems
@@ -100,6 +101,26 @@ def port_problems(cfg, uids_file: str | None = None, busybox: str = "/bin/busybo
         out.append("session.port_forwarding is on, but hatchway-netguard is not running "
                    "(systemctl enable --now hatchway-netguard); sshd refuses every forward")
     return out
+
+
+def remote_port_problems(cfg, uids_file: str | None = None) -> list[str]:
+    """session.remote_forward_ports given (top level or a `groups:` entry)
+    where -R cannot work: a backend other than Docker (the relay listens in
+    a container's network namespace on this host), or no hatchway-netguard
+    (hatchway-keys then gives no one a port)."""
+    from hatchway.core import portfwd
+    scopes = [cfg.session.remote_forward_ports]
+    scopes += [(g.get("session") or {}).get("remote_forward_ports") for g in cfg.groups.values()]
+    if not any(scopes):
+        return []
+    if cfg.backend != "docker":
+        return [f"session.remote_forward_ports is set, but the {cfg.backend} backend cannot "
+                "listen inside its containers (ssh -R works on Docker only: sshd accepts the -R, "
+                "but nothing listens in the pod)"]
+    if not os.path.exists(uids_file or portfwd.UIDS_FILE):
+        return ["session.remote_forward_ports is set, but hatchway-netguard is not running "
+                "(systemctl enable --now hatchway-netguard); sshd refuses every -R"]
+    return []
 
 
 KEY_HELPER = "hatchway-keys"

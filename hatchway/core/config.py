@@ -219,6 +219,11 @@ class Subsystems:
     sftp: list = T("list", ["/usr/lib/openssh/sftp-server"], item=T("str"))
 
 
+def _ports(value):
+    from .switches import parse_ports
+    return parse_ports(value)
+
+
 @section
 class Session:
     mode: str = T("enum", "session", choices=("session", "connection", "persistent"))
@@ -242,6 +247,11 @@ class Session:
     # relay read the same two places of the file; the config webhook never
     # widens it.
     port_forwarding: bool = T("bool", False)
+    # `ssh -R P:...` for these ports only (ints or "LOW-HIGH"): sshd's
+    # listener stays on the host's loopback, where the guard lets only the
+    # relay reach it; the relay listens on 127.0.0.1:P inside the user's
+    # container (daemon/rfwd.py).  Empty: -R refused.  File only, like the two above.
+    remote_forward_ports: list = T("list", [], check=_ports)
     idle_timeout: float = T("duration", 0.0, doc="no byte either way for this long ends it")
     max_duration: float = T("duration", 0.0, doc="a session ends after this long")
 

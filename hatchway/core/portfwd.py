@@ -28,12 +28,30 @@ CANARY_BANNER = b"HATCHWAY-FWD-CANARY v1\n"
 TABLE = "hatchway"                          # nft: table inet hatchway
 STATE_DIR = "/run/hatchway-netguard"        # root's, world-readable
 UIDS_FILE = STATE_DIR + "/uids"             # the uids the loaded table covers
+RPORTS_FILE = STATE_DIR + "/rports"         # the -R ports the loaded table reserves
 USERS_GROUP = "hatchway-users"
 # sshd's key option list: `restrict` has turned everything off; these turn TCP
 # forwarding back on, for loopback destinations only (the drop-in's PermitOpen
 # is the same list: sshd allows what both allow, and matches them as text).
 KEY_OPTIONS = ("port-forwarding", 'permitopen="localhost:*"', 'permitopen="127.0.0.1:*"',
                'permitopen="[::1]:*"')
+# `port-forwarding` turns on both directions; a list that matches nothing
+# keeps the one the policy does not give shut (sshd has no "none" for key
+# options; port 1 is privileged, so sshd would not listen there anyway, and
+# the relay refuses it as a destination).
+NO_OPEN = 'permitopen="127.0.0.1:1"'
+NO_LISTEN = 'permitlisten="127.0.0.1:1"'
+
+
+def key_options(local: bool, remote: list[int]) -> tuple[str, ...]:
+    """What hatchway-keys adds after `restrict` for TCP forwarding: -L/-D/-W
+    to loopback when `local`, -R on exactly the ports in `remote` (a bare
+    port: any listen address, which sshd binds to loopback only under
+    GatewayPorts no)."""
+    if not local and not remote:
+        return ()
+    return (*(KEY_OPTIONS if local else ("port-forwarding", NO_OPEN)),
+            *([f'permitlisten="{p}"' for p in remote] or [NO_LISTEN]))
 
 SO_ORIGINAL_DST = 80        # linux/netfilter_ipv4.h, level SOL_IP
 IP6T_SO_ORIGINAL_DST = 80   # linux/netfilter_ipv6/ip6_tables.h, level SOL_IPV6
@@ -139,6 +157,60 @@ def peer_held(family: int, src: tuple[str, int], dst: tuple[str, int]) -> bool:
     return bool(found and found[1])
 
 
+NLM_F_DUMP = 0x300
+NLMSG_DONE = 3
+TCP_LISTEN = 10
+
+
+def listen_dump_request(family: int, seq: int = 1) -> bytes:
+    """A netlink dump request for every listening TCP socket of `family`."""
+    req = (struct.pack("=BBBBI", family, socket.IPPROTO_TCP, 0, 0, 1 << TCP_LISTEN)
+           + b"\0" * 48)
+    return struct.pack("=IHHII", 16 + len(req), SOCK_DIAG_BY_FAMILY,
+                       NLM_F_REQUEST | NLM_F_DUMP, seq, 0) + req
+
+
+def parse_listen_dump(data: bytes) -> tuple[list[tuple[str, int, int]], bool]:
+    """([(address, port, uid)], done) from one recv of a listen dump."""
+    out, off, done = [], 0, False
+    while off + 16 <= len(data):
+        length, typ = struct.unpack_from("=IH", data, off)
+        if length < 16 or off + length > len(data):
+            break
+        if typ in (NLMSG_DONE, NLMSG_ERROR):
+            done = True
+        elif typ == SOCK_DIAG_BY_FAMILY and length >= 16 + 72:
+            m = off + 16
+            family = data[m]
+            sport = struct.unpack_from("!H", data, m + 4)[0]
+            raw = data[m + 8:m + 8 + (4 if family == socket.AF_INET else 16)]
+            uid = struct.unpack_from("=I", data, m + 4 + 48 + 12)[0]
+            try:
+                out.append((socket.inet_ntop(family, raw), sport, uid))
+            except (OSError, ValueError):
+                pass
+        off += (length + 3) & ~3
+    return out, done
+
+
+def loopback_listeners() -> list[tuple[str, int, int]]:
+    """(address, port, owner uid) of every TCP socket listening on the host's
+    loopback (127.0.0.0/8, ::1): where sshd binds a user's -R."""
+    found = []
+    for family in (socket.AF_INET, socket.AF_INET6):
+        s = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_SOCK_DIAG)
+        try:
+            s.settimeout(2)
+            s.sendto(listen_dump_request(family), (0, 0))
+            done = False
+            while not done:
+                part, done = parse_listen_dump(s.recv(1 << 16))
+                found += part
+        finally:
+            s.close()
+    return [(a, p, u) for a, p, u in found if ipaddress.ip_address(a).is_loopback]
+
+
 MODE_ORDER = {"persistent": 0, "connection": 1, "session": 2}
 
 
@@ -177,6 +249,16 @@ def canary(timeout: float = 1.0) -> bool:
 def parse_uids(text: str) -> set[int]:
     """The guard's UIDS_FILE: one uid per line; anything else is ignored."""
     return {int(line) for line in text.split() if line.isdigit()}
+
+
+def reserved(path: str = RPORTS_FILE) -> set[int]:
+    """The -R ports the loaded table keeps from every host process but the
+    relay (written by the guard after loading them)."""
+    try:
+        with open(path, encoding="ascii") as f:
+            return parse_uids(f.read())
+    except (OSError, ValueError):
+        return set()
 
 
 def covered(uid: int, path: str = UIDS_FILE) -> bool:

@@ -9,8 +9,15 @@ It does three things and nothing else:
   - keeps the table's `users` set equal to the members of hatchway-users
     (primary or supplementary: `meta skgid` would see the primary group only)
     and publishes that list in UIDS_FILE for hatchway-keys;
+  - keeps the table's `rports` set equal to every `session.remote_forward_ports`
+    port of the file config (ssh -R): no host process but the relay may connect
+    to those loopback ports, where sshd listens for a user's -R; it publishes
+    them in RPORTS_FILE for hatchway-keys;
   - binds the relay's privileged port (870 on 127.0.0.1 and ::1) and runs the
-    relay (daemon/portfwd.py) as the daemon's user with those sockets.
+    relay (daemon/portfwd.py) as the daemon's user with those sockets, and
+    makes, when the relay asks, a listening socket on 127.0.0.1:P inside a
+    container's network namespace (only root may enter one) for a reserved P
+    (daemon/rfwd.py).
 
 On start, before the table exists, it ends the sshd processes of covered
 users: they logged in while no table protected them (or under the previous
@@ -20,14 +27,18 @@ guard, whose table went with it), so their forwards may have reached the host.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import grp
+import json
 import os
 import pwd
+import re
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 from hatchway.core import fsutil
@@ -37,10 +48,14 @@ RELAY = "/usr/lib/hatchway/hatchway-portrelay"
 REFRESH = 2.0           # seconds between membership checks
 
 
-def ruleset(users: set[int], canary: set[int], port: int = P.RELAY_PORT) -> str:
+def ruleset(users: set[int], canary: set[int], port: int = P.RELAY_PORT,
+            rports: set[int] = frozenset(), relay_uid: int = 0) -> str:
     """The table.  Every TCP connect by a covered uid to loopback goes to the
     relay; the canary uids' connect to 127.0.0.1:1 too; every other packet a
-    covered uid sends is rejected (non-loopback, UDP, ...)."""
+    covered uid sends is rejected (non-loopback, UDP, ...).  A connect to a
+    reserved -R port on loopback by anyone but the relay (root included) is
+    reset: sshd's listener for a user's -R is there, and only the container
+    may reach it (the covered uids' connects were redirected before this)."""
     def elements(uids):
         return f"elements = {{ {', '.join(str(u) for u in sorted(uids))} }}" if uids else ""
     return f"""table inet {P.TABLE} {{
@@ -52,6 +67,10 @@ def ruleset(users: set[int], canary: set[int], port: int = P.RELAY_PORT) -> str:
     set canary {{
         type uid
         {elements(canary)}
+    }}
+    set rports {{
+        type inet_service
+        {elements(rports)}
     }}
     chain nat_out {{
         type nat hook output priority -100; policy accept;
@@ -65,19 +84,131 @@ def ruleset(users: set[int], canary: set[int], port: int = P.RELAY_PORT) -> str:
         meta skuid @users ct status dnat ip6 daddr ::1 tcp dport {port} accept
         meta skuid @users meta l4proto tcp reject with tcp reset
         meta skuid @users reject
+        ip daddr 127.0.0.0/8 tcp dport @rports meta skuid != {relay_uid} reject with tcp reset
+        ip6 daddr ::1 tcp dport @rports meta skuid != {relay_uid} reject with tcp reset
     }}
 }}
 """
 
 
-def set_update(add: set[int], remove: set[int]) -> str:
+def set_update(add: set[int], remove: set[int], name: str = "users") -> str:
     """Additions first: a user being covered never has a gap."""
     out = ""
     if add:
-        out += f"add element inet {P.TABLE} users {{ {', '.join(map(str, sorted(add)))} }}\n"
+        out += f"add element inet {P.TABLE} {name} {{ {', '.join(map(str, sorted(add)))} }}\n"
     if remove:
-        out += f"delete element inet {P.TABLE} users {{ {', '.join(map(str, sorted(remove)))} }}\n"
+        out += f"delete element inet {P.TABLE} {name} {{ {', '.join(map(str, sorted(remove)))} }}\n"
     return out
+
+
+def reserved_ports(config_path: str) -> set[int] | None:
+    """Every -R port the file config gives anyone, or None when it cannot
+    be read (the previous set stays)."""
+    from hatchway.core import config as config_mod
+    from hatchway.core.switches import all_listed, list_policy
+    try:
+        return all_listed(list_policy(config_mod.load(config_path), "remote_forward_ports"))
+    except Exception as e:      # a broken file: one line, keep what was loaded
+        print(f"hatchway-netguard: {config_path}: {e}; -R ports unchanged", file=sys.stderr)
+        return None
+
+
+CLONE_NEWNET = 0x40000000
+CONTAINER_ID = re.compile(r"^[0-9a-f]{64}$")
+
+
+def _setns(fd: int) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.setns(fd, CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+def listen_in(pid: int, container: str, port: int, proc: str = "/proc") -> list[socket.socket]:
+    """Listening sockets on 127.0.0.1:port (and ::1:port when there is IPv6
+    loopback) in the network namespace of `pid`, which must be a process of
+    Docker container `container` (its cgroup names it) and not in the
+    host's namespace.  The /proc/<pid> directory is opened first and
+    everything read through it, so a pid reused meanwhile fails instead of
+    naming another process.  A socket stays in the namespace it was made in,
+    so the thread that enters it makes the sockets and ends."""
+    if not CONTAINER_ID.match(container):
+        raise ValueError("not a container id")
+    dfd = os.open(f"{proc}/{int(pid)}", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        with open(os.open("cgroup", os.O_RDONLY, dir_fd=dfd), encoding="ascii",
+                  errors="replace") as f:
+            if container not in f.read():
+                raise ValueError(f"process {pid} is not in container {container[:12]}")
+        nsfd = os.open("ns/net", os.O_RDONLY, dir_fd=dfd)
+    finally:
+        os.close(dfd)
+    try:
+        if os.fstat(nsfd).st_ino == os.stat("/proc/self/ns/net").st_ino:
+            raise ValueError("the container uses the host's network")
+        made: list = []
+        failed: list = []
+
+        def inside():
+            try:
+                _setns(nsfd)
+                for family, addr in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")):
+                    s = socket.socket(family, socket.SOCK_STREAM)
+                    try:
+                        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                        if family == socket.AF_INET6:
+                            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                        s.bind((addr, port))
+                        s.listen(64)
+                        made.append(s)
+                    except OSError as e:
+                        s.close()
+                        if family == socket.AF_INET:
+                            raise
+                        # no IPv6 loopback in the container: IPv4 alone
+                        del e
+            except OSError as e:
+                failed.append(e)
+        t = threading.Thread(target=inside, name="netns")
+        t.start()
+        t.join()
+        if failed:
+            for s in made:
+                s.close()
+            raise failed[0]
+        return made
+    finally:
+        os.close(nsfd)
+
+
+def serve_listens(chan: socket.socket, allowed) -> None:
+    """The relay's requests, one datagram each: {"pid", "container", "port"};
+    the answer carries the sockets (SCM_RIGHTS) or {"error": ...}.  Only a
+    port the table reserves (`allowed()`) is ever made."""
+    while True:
+        try:
+            data = chan.recv(4096)
+        except OSError:
+            return
+        if not data:
+            return
+        made = []
+        try:
+            req = json.loads(data)
+            port = req["port"]
+            if not isinstance(port, int) or port not in allowed():
+                raise ValueError(f"port {port!r} is not a reserved -R port")
+            made = listen_in(int(req["pid"]), str(req["container"]), port)
+            socket.send_fds(chan, [json.dumps({"ok": len(made)}).encode()],
+                            [s.fileno() for s in made])
+        except (ValueError, KeyError, TypeError, OSError) as e:
+            try:
+                chan.send(json.dumps({"error": str(e)[:300]}).encode())
+            except OSError:
+                return
+        finally:
+            for s in made:
+                s.close()
 
 
 def members(group: str, exclude: set[int]) -> set[int]:
@@ -143,6 +274,9 @@ class Guard:
         self.nft = None
         self.relay = None
         self.users: set[int] = set()
+        self.rports: set[int] = set()
+        self._conf_tag = None
+        self.chan = None
         self.stopping = False
         self.serial = 0
         os.makedirs(P.STATE_DIR, mode=0o755, exist_ok=True)
@@ -166,8 +300,8 @@ class Guard:
         self.nft.stdin.write(f'include "{path}"\n'.encode())
         self.nft.stdin.flush()
 
-    def _table_has(self, uids: set[int]) -> bool:
-        p = subprocess.run([self.args.nft, "list", "set", "inet", P.TABLE, "users"],
+    def _table_has(self, uids: set[int], name: str = "users") -> bool:
+        p = subprocess.run([self.args.nft, "list", "set", "inet", P.TABLE, name],
                            capture_output=True, text=True)
         if p.returncode != 0:
             return False
@@ -175,9 +309,9 @@ class Guard:
                   if t.isdigit()}
         return uids <= listed
 
-    def _wait_applied(self, uids: set[int]) -> None:
+    def _wait_applied(self, uids: set[int], name: str = "users") -> None:
         end = time.monotonic() + 10
-        while not self._table_has(uids):
+        while not self._table_has(uids, name):
             if self.nft.poll() is not None:
                 err = self.nft.stderr.read().decode(errors="replace").strip()[-500:]
                 raise SystemExit(f"hatchway-netguard: nft did not load the table: {err}")
@@ -188,10 +322,23 @@ class Guard:
     def _publish(self) -> None:
         fsutil.atomic_write(P.UIDS_FILE, "".join(f"{u}\n" for u in sorted(self.users)).encode(),
                             0o644)
+        fsutil.atomic_write(P.RPORTS_FILE,
+                            "".join(f"{p}\n" for p in sorted(self.rports)).encode(), 0o644)
+
+    def _config_changed(self) -> bool:
+        try:
+            st = os.stat(self.args.config)
+            tag = (st.st_ino, st.st_size, st.st_mtime_ns)
+        except OSError:
+            tag = None
+        changed, self._conf_tag = tag != self._conf_tag, tag
+        return changed
 
     def start(self) -> None:
         exclude = self.canary
         self.users = members(self.args.group, exclude)
+        self._config_changed()
+        self.rports = reserved_ports(self.args.config) or set()
         # A table of this name that we do not own (left by an admin, or a
         # plain one): ours replaces it.  An owned one belongs to a live guard.
         subprocess.run([self.args.nft, "delete", "table", "inet", P.TABLE],
@@ -210,22 +357,35 @@ class Guard:
         self.listeners = bind_relay(self.args.port)
         self.nft = subprocess.Popen([self.args.nft, "-i"], stdin=subprocess.PIPE,
                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        self._nft(ruleset(self.users, self.canary, self.args.port))
+        self._nft(ruleset(self.users, self.canary, self.args.port, self.rports,
+                          self.relay_pw.pw_uid))
         self._wait_applied(self.users)
+        self._wait_applied(self.rports, "rports")
         self.start_relay()
         self._publish()
         print(f"hatchway-netguard: table inet {P.TABLE} loaded, covering {len(self.users)} "
-              f"users; relay on port {self.args.port}", file=sys.stderr, flush=True)
+              f"users, reserving {len(self.rports)} -R ports; relay on port {self.args.port}",
+              file=sys.stderr, flush=True)
 
     def start_relay(self) -> None:
+        if self.chan is not None:
+            self.chan.close()       # the old relay's: its server thread ends
+        # the relay's way to ask for a listener inside a container (ssh -R)
+        self.chan, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        threading.Thread(target=serve_listens, args=(self.chan, lambda: self.rports),
+                         daemon=True, name="listens").start()
         fds = [s.fileno() for s in self.listeners]
         env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8",
-               "HATCHWAY_RELAY_FDS": ",".join(map(str, fds))}
+               "HATCHWAY_RELAY_FDS": ",".join(map(str, fds)),
+               "HATCHWAY_GUARD_FD": str(theirs.fileno())}
         pw = self.relay_pw
-        self.relay = subprocess.Popen(
-            [self.args.relay, self.args.config], pass_fds=fds, env=env, cwd="/",
-            user=pw.pw_uid, group=pw.pw_gid,
-            extra_groups=os.getgrouplist(pw.pw_name, pw.pw_gid))
+        try:
+            self.relay = subprocess.Popen(
+                [self.args.relay, self.args.config], pass_fds=[*fds, theirs.fileno()], env=env,
+                cwd="/", user=pw.pw_uid, group=pw.pw_gid,
+                extra_groups=os.getgrouplist(pw.pw_name, pw.pw_gid))
+        finally:
+            theirs.close()
 
     def refresh(self) -> None:
         now = members(self.args.group, self.canary)
@@ -240,12 +400,30 @@ class Guard:
             self._wait_applied(now)
             self.users = now
             self._publish()
+        if self._config_changed():
+            self._refresh_rports()
         for old in os.listdir(P.STATE_DIR):
             if old.startswith("cmd-") and old != f"cmd-{self.serial}.nft":
                 try:
                     os.unlink(os.path.join(P.STATE_DIR, old))
                 except OSError:
                     pass
+
+    def _refresh_rports(self) -> None:
+        """The same order as for users: hatchway-keys never offers a port
+        the table does not reserve."""
+        now = reserved_ports(self.args.config)
+        if now is None or now == self.rports:
+            return
+        added, removed = now - self.rports, self.rports - now
+        if removed:
+            self.rports -= removed
+            self._publish()
+        self._nft(set_update(added, removed, "rports"))
+        self._wait_applied(now, "rports")
+        self.rports = now
+        self._publish()
+        print(f"hatchway-netguard: -R ports reserved: {len(now)}", file=sys.stderr, flush=True)
 
     def run(self) -> int:
         self.start()
@@ -267,10 +445,11 @@ class Guard:
         return 0
 
     def stop(self) -> None:
-        try:
-            os.unlink(P.UIDS_FILE)      # first: hatchway-keys stops printing options
-        except OSError:
-            pass
+        for path in (P.UIDS_FILE, P.RPORTS_FILE):
+            try:
+                os.unlink(path)         # first: hatchway-keys stops printing options
+            except OSError:
+                pass
         if self.relay and self.relay.poll() is None:
             self.relay.terminate()
             try:

@@ -1,4 +1,5 @@
-"""The port forwarding relay (`ssh -L/-D/-W localhost:PORT`), user `hatchway`.
+"""The port forwarding relay (`ssh -L/-D/-W localhost:PORT`; `ssh -R` in
+rfwd.py), user `hatchway`.
 
 It listens on RELAY_PORT (870, privileged: the sockets come bound from its
 parent, hatchway-netguard, or from systemd socket activation; LISTEN_FDS).
@@ -39,7 +40,7 @@ import threading
 from hatchway.backends import labels as L
 from hatchway.core import portfwd as P
 from hatchway.core.identity import user_groups
-from hatchway.core.switches import switch_allows, switch_policy
+from hatchway.core.switches import list_policy, switch_allows, switch_policy
 
 from .pump import pump
 
@@ -87,14 +88,24 @@ class Demux:
         return out
 
 
+class Settings:
+    """What the relay reads from the file: the -L switch, the -R port lists
+    and the backend's way in."""
+
+    def __init__(self, policy: dict, rpolicy: dict, way):
+        self.policy, self.rpolicy, self.way = policy, rpolicy, way
+
+
+OFF = Settings({"default": False, "groups": []}, {"default": [], "groups": []}, None)
+
+
 class Relay:
     def __init__(self, config_path: str):
         self.config_path = config_path
         self.lock = threading.Lock()
         self.open: dict[int, int] = {}
         self._conf_tag = None
-        self._policy = {"default": False, "groups": []}
-        self._way = None
+        self._settings = OFF
         self.canary_uids = {os.getuid()}
         try:
             self.canary_uids.add(pwd.getpwnam("hatchway-keys").pw_uid)
@@ -103,16 +114,17 @@ class Relay:
 
     # -- config, re-read when the file changes
 
-    def _config(self):
+    def settings(self) -> Settings:
         st = os.stat(self.config_path)
         tag = (st.st_ino, st.st_size, st.st_mtime_ns)
         with self.lock:
             if tag == self._conf_tag:
-                return self._policy, self._way
+                return self._settings
         from hatchway.core import config as config_mod
         cfg = config_mod.load(self.config_path)
         typed = config_mod.typed(cfg)
         policy = switch_policy(cfg, "port_forwarding")
+        rpolicy = list_policy(cfg, "remote_forward_ports")
         if cfg["backend"] == "docker":
             way = DockerWay(typed)
         elif cfg["backend"] == "kubernetes":
@@ -122,10 +134,11 @@ class Relay:
                 return KubernetesBackend(typed)
             way = KubernetesWay(make(), fresh=make if typed.kubernetes.token_file else None)
         else:
-            policy, way = {"default": False, "groups": []}, None    # no way in: refuse all
+            return OFF      # no way in: refuse all
+        settings = Settings(policy, rpolicy, way)
         with self.lock:
-            self._conf_tag, self._policy, self._way = tag, policy, way
-        return policy, way
+            self._conf_tag, self._settings = tag, settings
+        return settings
 
     # -- one connection
 
@@ -172,11 +185,11 @@ class Relay:
         except KeyError:
             log.warning("refused uid=%d: no such account", uid)
             return
-        policy, way = self._config()
-        if not switch_allows(policy, user_groups(pw.pw_name, pw.pw_gid)):
+        cfg = self.settings()
+        if not switch_allows(cfg.policy, user_groups(pw.pw_name, pw.pw_gid)):
             log.warning("refused user=%s port=%d: session.port_forwarding is off", pw.pw_name, port)
             return
-        way.forward(conn, pw.pw_name, port)
+        cfg.way.forward(conn, pw.pw_name, port)
 
     def serve(self, listener: socket.socket) -> None:
         while True:
@@ -199,13 +212,26 @@ class DockerWay:
         from hatchway.backends.docker.backend import api_for
         self.api = api_for(typed_cfg.docker)
 
-    def forward(self, conn: socket.socket, user: str, port: int) -> None:
-        api = self.api
-        running = api.list([f"{L.MANAGED}=true", f"{L.USER}={user}",
-                            f"{L.HOST}={L.host_id()}"], all_=False)
+    def _target(self, user: str) -> dict | None:
+        running = self.api.list([f"{L.MANAGED}=true", f"{L.USER}={user}",
+                                 f"{L.HOST}={L.host_id()}"], all_=False)
         # the label filter is the engine's; check it again on what came back
         running = [c for c in running if (c.get("Labels") or {}).get(L.USER) == user]
-        target = pick_container(running)
+        return pick_container(running)
+
+    def container_pid(self, user: str) -> tuple[str, int] | None:
+        """(id, main process) of the container a -R of `user` listens in
+        (daemon/rfwd.py), or None."""
+        target = self._target(user)
+        if target is None:
+            return None
+        info = self.api.inspect(target["Id"]) or {}
+        pid = (info.get("State") or {}).get("Pid") or 0
+        return (target["Id"], pid) if pid > 0 else None
+
+    def forward(self, conn: socket.socket, user: str, port: int) -> None:
+        api = self.api
+        target = self._target(user)
         if target is None:
             log.warning("refused user=%s port=%d: no running container", user, port)
             return
@@ -261,6 +287,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     relay = Relay(config_path)
     log.info("listening on %s as uid %d", [s.getsockname()[:2] for s in listeners], os.getuid())
+    from . import rfwd
+    rfwd.start(relay)
     for s in listeners[1:]:
         threading.Thread(target=relay.serve, args=(s,), daemon=True, name="fwd-accept").start()
     relay.serve(listeners[0])

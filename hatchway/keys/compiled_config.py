@@ -17,7 +17,7 @@ import os
 
 from hatchway.core import fsutil
 from hatchway.core.digest import sha256
-from hatchway.core.switches import switch_policy
+from hatchway.core.switches import list_policy, switch_policy
 from hatchway.core.errors import ConfigError
 
 DEFAULT_DIR = "/var/cache/hatchway-keys"
@@ -64,7 +64,8 @@ def load_auth(path: str, state_dir: str = DEFAULT_DIR) -> tuple[dict, bool]:
 
 def load(path: str, state_dir: str = DEFAULT_DIR) -> tuple[dict, bool]:
     """({"auth": the validated `auth` section, "agent" and "ports": the
-    forwarding switches (core/policy.py switch_policy)},
+    forwarding switches (core/switches.py switch_policy), "rports": the -R
+    port lists (list_policy)},
     whether it came from the stored copy).  Raises ConfigError like config.load."""
     try:
         with open(path, "rb") as f:
@@ -82,9 +83,10 @@ def load(path: str, state_dir: str = DEFAULT_DIR) -> tuple[dict, bool]:
                 entry = json.load(f)
             if entry.get("tag") == tag and isinstance(entry.get("auth"), dict) \
                     and isinstance(entry.get("agent"), dict) \
-                    and isinstance(entry.get("ports"), dict):
+                    and isinstance(entry.get("ports"), dict) \
+                    and isinstance(entry.get("rports"), dict):
                 return {"auth": entry["auth"], "agent": entry["agent"],
-                        "ports": entry["ports"]}, True
+                        "ports": entry["ports"], "rports": entry["rports"]}, True
         except (OSError, ValueError, AttributeError, RecursionError):
             pass
     try:
@@ -94,7 +96,8 @@ def load(path: str, state_dir: str = DEFAULT_DIR) -> tuple[dict, bool]:
     from hatchway.core import config as config_mod
     cfg = config_mod.load_text(text, path)
     conf = {"auth": cfg["auth"], "agent": switch_policy(cfg, "agent_forwarding"),
-            "ports": switch_policy(cfg, "port_forwarding")}
+            "ports": switch_policy(cfg, "port_forwarding"),
+            "rports": list_policy(cfg, "remote_forward_ports")}
     if usable:
         _store(stored, {"tag": tag, **conf})
     return conf, False

@@ -28,7 +28,7 @@ import time
 # only when the config changed (compiled_config.py).
 from hatchway.core import connection, fsutil, sshkeys
 from hatchway.core.digest import sha256
-from hatchway.core.switches import switch_allows
+from hatchway.core.switches import list_for, switch_allows
 from hatchway.core.errors import ConfigError, Decision
 
 from . import compiled_config
@@ -168,6 +168,23 @@ def decide(argv: list[str], conf: dict) -> tuple[Decision, dict]:
     return decision, info
 
 
+def _groups(user: str) -> list[str] | None:
+    """The names of the user's groups, or None when there is no such account."""
+    import grp
+    import pwd
+    try:
+        pw = pwd.getpwnam(user)
+    except KeyError:
+        return None
+    names = []
+    for gid in os.getgrouplist(user, pw.pw_gid):
+        try:
+            names.append(grp.getgrgid(gid).gr_name)
+        except KeyError:
+            pass
+    return names
+
+
 def agent_forwarding(user: str, policy: dict) -> bool:
     """May sshd forward this user's agent?  Only if the admin's file config
     says so for the user or one of the user's groups; the daemon decides again
@@ -175,55 +192,70 @@ def agent_forwarding(user: str, policy: dict) -> bool:
     The same rule, with the `ports` policy, for port forwarding."""
     if policy.get("default") is not True and not policy.get("groups"):
         return False        # the usual case: no group lookup at all
-    import grp
-    import pwd
-    try:
-        pw = pwd.getpwnam(user)
-    except KeyError:
-        return False
-    names = []
-    for gid in os.getgrouplist(user, pw.pw_gid):
-        try:
-            names.append(grp.getgrgid(gid).gr_name)
-        except KeyError:
-            pass
-    return switch_allows(policy, names)
+    names = _groups(user)
+    return names is not None and switch_allows(policy, names)
 
 
-def port_forwarding(user: str, policy: dict, canary=None,
-                    covered=None) -> tuple[bool, str | None]:
-    """May sshd forward this user's TCP connects?  Fail closed: the policy
-    must allow it, the guard's table must cover the user's uid, and the
-    canary must prove the table and the relay are live right now; without
-    them a forward would reach the host's own loopback.  Returns (answer,
-    why not when the policy allowed it)."""
-    if not agent_forwarding(user, policy):
-        return False, None
+def remote_ports(user: str, rpolicy: dict | None) -> list[int]:
+    """The -R ports the file config gives this user."""
+    if not rpolicy or (not rpolicy.get("default") and not rpolicy.get("groups")):
+        return []
+    names = _groups(user)
+    return list_for(rpolicy, names) if names is not None else []
+
+
+def port_forwarding(user: str, policy: dict, canary=None, covered=None,
+                    rpolicy: dict | None = None,
+                    reserved=None) -> tuple[bool, list[int], str | None]:
+    """May sshd forward this user's TCP connects (-L), and listen on which
+    ports (-R)?  Fail closed: the policy must allow it, the guard's table
+    must cover the user's uid, and the canary must prove the table and the
+    relay are live right now; without them a forward would reach the host's
+    own loopback.  A -R port must also be reserved by the loaded table, or a
+    host process could reach the user's listener.  Returns (-L, -R ports,
+    why not when the policy allowed something)."""
+    local = agent_forwarding(user, policy)
+    remote = remote_ports(user, rpolicy)
+    if not local and not remote:
+        return False, [], None
     import pwd
 
     from hatchway.core import portfwd     # sockets: only for users it may concern
     canary = canary or portfwd.canary
     covered = covered or portfwd.covered
+    reserved = reserved or portfwd.reserved
     try:
         uid = pwd.getpwnam(user).pw_uid
     except KeyError:
-        return False, "no such account"
+        return False, [], "no such account"
     if not covered(uid):
-        return False, f"uid {uid} is not covered by the nftables table (is hatchway-netguard running?)"
+        return False, [], (f"uid {uid} is not covered by the nftables table "
+                           "(is hatchway-netguard running?)")
     if not canary():
-        return False, "the forwarding canary got no answer (hatchway-netguard or its relay is down)"
-    return True, None
+        return False, [], ("the forwarding canary got no answer (hatchway-netguard or its "
+                           "relay is down)")
+    why = None
+    if remote:
+        held = reserved()
+        kept = [p for p in remote if p in held]
+        if len(kept) < len(remote):
+            why = (f"-R ports {sorted(set(remote) - set(kept))} are not reserved by the "
+                   "table yet")
+        remote = kept
+    return local, remote, why
 
 
 def authorized_line(argv: list[str], decision: Decision, agent: bool = False,
-                    ports: bool = False) -> str:
+                    ports: bool = False, remote: list[int] = ()) -> str:
     # `restrict` turns every forwarding off; `agent-forwarding` after it turns
     # the agent back on, `port-forwarding` TCP forwarding to the loopback
-    # destinations listed (permitopen), and nothing else.
-    if ports:
-        from hatchway.core.portfwd import KEY_OPTIONS
+    # destinations listed (permitopen) and listening on the ports listed
+    # (permitlisten), and nothing else.
+    if ports or remote:
+        from hatchway.core.portfwd import key_options
     opts = ",".join([OPTIONS, *(["agent-forwarding"] if agent else []),
-                     *(KEY_OPTIONS if ports else ()), *decision.options])
+                     *(key_options(ports, list(remote)) if ports or remote else ()),
+                     *decision.options])
     return f"{opts} {argv[1]} {argv[2]}\n"
 
 
@@ -276,13 +308,14 @@ def main(argv: list[str] | None = None) -> int:
                 syslog.LOG_WARNING)
             agent = False
         try:
-            ports, why = port_forwarding(argv[0], conf["ports"])
+            ports, remote, why = port_forwarding(argv[0], conf["ports"],
+                                                 rpolicy=conf.get("rports"))
         except Exception as e:
-            ports, why = False, f"{type(e).__name__}: {e}"
+            ports, remote, why = False, [], f"{type(e).__name__}: {e}"
         if why:
             log(f"user={argv[0]} port forwarding off: {why}", syslog.LOG_WARNING)
         try:
-            os.write(1, authorized_line(argv, decision, agent, ports).encode())
+            os.write(1, authorized_line(argv, decision, agent, ports, remote).encode())
         except OSError:
             pass
     return 0

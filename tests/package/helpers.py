@@ -56,9 +56,12 @@ def assert_dropin_applies_to_members_only(root: Root) -> None:
     # local TCP forwarding to loopback is a maximum only, like the agent: key
     # lines start with `restrict`, and hatchway-keys adds `port-forwarding`
     # only behind its canary
-    assert alice["allowtcpforwarding"] == "local"
+    # and remote forwarding on the ports the key line's permitlisten lists
+    assert alice["allowtcpforwarding"] == "yes"
     assert alice["permitopen"] == "localhost:* 127.0.0.1:* [::1]:*"
-    assert alice["permitlisten"] == "none"
+    assert alice["permitlisten"] == "any"
+    assert alice["gatewayports"] == "no"
+    assert alice["allowstreamlocalforwarding"] == "no"
     # the agent's maximum only: key lines start with `restrict` (hatchway-keys)
     assert alice["allowagentforwarding"] == "yes"
     assert alice["disableforwarding"] == "no"

@@ -140,22 +140,80 @@ def test_the_key_line_adds_port_forwarding_to_loopback_after_restrict_only_when_
     assert authorized_line(argv, d) == "restrict,pty ssh-ed25519 AAAA\n"
     assert authorized_line(argv, d, ports=True) == (
         'restrict,pty,port-forwarding,permitopen="localhost:*",permitopen="127.0.0.1:*",'
-        'permitopen="[::1]:*" ssh-ed25519 AAAA\n')
+        'permitopen="[::1]:*",permitlisten="127.0.0.1:1" ssh-ed25519 AAAA\n')
     assert authorized_line(argv, d, agent=True, ports=True).startswith(
         "restrict,pty,agent-forwarding,port-forwarding,")
+
+
+def test_the_key_line_lists_the_remote_ports_and_shuts_the_direction_not_given():
+    d = Decision(True, "yes", [])
+    argv = ["alice", "ssh-ed25519", "AAAA"]
+    # -L alone: port-forwarding would open -R too, unless a list matching nothing is given
+    assert authorized_line(argv, d, ports=True).endswith(
+        'permitopen="[::1]:*",permitlisten="127.0.0.1:1" ssh-ed25519 AAAA\n')
+    # -R alone: the same for -L
+    assert authorized_line(argv, d, remote=[8080, 8081]) == (
+        'restrict,pty,port-forwarding,permitopen="127.0.0.1:1",permitlisten="8080",'
+        'permitlisten="8081" ssh-ed25519 AAAA\n')
+    both = authorized_line(argv, d, ports=True, remote=[9000])
+    assert 'permitopen="localhost:*"' in both and 'permitlisten="9000"' in both
+    assert "127.0.0.1:1" not in both
 
 
 def test_keys_fail_closed_without_coverage_or_canary():
     me = __import__("pwd").getpwuid(os.getuid()).pw_name
     on = {"default": True, "groups": []}
     yes, no = (lambda *a: True), (lambda *a: False)
-    assert port_forwarding(me, {"default": False, "groups": []}, yes, yes) == (False, None)
-    ok, why = port_forwarding(me, on, canary=yes, covered=no)
+    assert port_forwarding(me, {"default": False, "groups": []}, yes, yes) == (False, [], None)
+    ok, _, why = port_forwarding(me, on, canary=yes, covered=no)
     assert not ok and "not covered" in why
-    ok, why = port_forwarding(me, on, canary=no, covered=yes)
+    ok, _, why = port_forwarding(me, on, canary=no, covered=yes)
     assert not ok and "canary" in why
-    assert port_forwarding(me, on, canary=yes, covered=yes) == (True, None)
+    assert port_forwarding(me, on, canary=yes, covered=yes) == (True, [], None)
     assert port_forwarding("no-such-user-here", on, yes, yes)[0] is False
+
+
+def test_keys_give_only_remote_ports_the_table_reserves():
+    me = __import__("pwd").getpwuid(os.getuid()).pw_name
+    off = {"default": False, "groups": []}
+    rp = {"default": [8080, 8081], "groups": []}
+    yes, no = (lambda *a: True), (lambda *a: False)
+    assert port_forwarding(me, off, yes, yes, rp, lambda: {8080, 8081, 9}) == \
+        (False, [8080, 8081], None)
+    local, remote, why = port_forwarding(me, off, yes, yes, rp, lambda: {8081})
+    assert (local, remote) == (False, [8081]) and "[8080]" in why
+    # no table, no canary: nothing at all, -R included
+    assert port_forwarding(me, off, no, yes, rp, lambda: {8080})[:2] == (False, [])
+    assert port_forwarding(me, off, yes, no, rp, lambda: {8080})[:2] == (False, [])
+
+
+@pytest.mark.parametrize("items, ports", [
+    ([], []), ([8080], [8080]), (["9000-9002", 8080, "8080"], [8080, 9000, 9001, 9002]),
+])
+def test_remote_port_lists_parse(items, ports):
+    assert switches.parse_ports(items) == ports
+
+
+@pytest.mark.parametrize("items", [
+    [80], [870], [70000], ["9002-9000"], ["a-b"], [True], "8080", ["1-65535"], [None],
+])
+def test_remote_port_lists_refuse_what_cannot_work(items):
+    with pytest.raises(ValueError):
+        switches.parse_ports(items)
+
+
+def test_remote_port_lists_per_group_and_what_the_guard_reserves():
+    from hatchway.core import config
+    cfg = config.load_text("session:\n  remote_forward_ports: [8080]\n"
+                           "groups:\n  dev:\n    session:\n      remote_forward_ports: ['9000-9001']\n"
+                           "  ext:\n    session:\n      remote_forward_ports: []\n")
+    pol = switches.list_policy(cfg, "remote_forward_ports")
+    assert switches.list_for(pol, []) == [8080]
+    assert switches.list_for(pol, ["dev"]) == [9000, 9001]
+    assert switches.list_for(pol, ["dev", "ext"]) == []
+    assert switches.all_listed(pol) == {8080, 9000, 9001}
+    with pytest.raises(config.ConfigError, match="remote_forward_ports"):
+        config.load_text("session:\n  remote_forward_ports: [22]\n")
 
 
 def test_the_stored_config_carries_the_port_policy(tmp_path):
@@ -247,9 +305,18 @@ def test_the_ruleset_redirects_covered_uids_loopback_tcp_and_rejects_the_rest():
     assert "meta skuid @canary ip daddr 127.0.0.1 tcp dport 1 redirect to :870" in text
     assert "meta skuid @users ip daddr 127.0.0.0/8 meta l4proto tcp redirect to :870" in text
     assert "meta skuid @users ip6 daddr ::1 meta l4proto tcp redirect to :870" in text
-    assert text.rstrip().endswith("meta skuid @users reject\n    }\n}")
+    assert "meta skuid @users reject\n" in text
     # no users yet: an empty set, not a syntax error
     assert "elements" not in netguard.ruleset(set(), set())
+
+
+def test_the_ruleset_keeps_reserved_remote_ports_for_the_relay_alone():
+    text = netguard.ruleset({1014}, {999}, rports={8080, 9000}, relay_uid=999)
+    assert "type inet_service\n        elements = { 8080, 9000 }" in text
+    assert "ip daddr 127.0.0.0/8 tcp dport @rports meta skuid != 999 reject with tcp reset" in text
+    assert "ip6 daddr ::1 tcp dport @rports meta skuid != 999 reject with tcp reset" in text
+    # after the covered users' rules: their connects were redirected to the relay already
+    assert text.index("@rports meta") > text.index("meta skuid @users reject")
 
 
 @pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("nft", path="/usr/sbin:/usr/bin"),
@@ -257,7 +324,7 @@ def test_the_ruleset_redirects_covered_uids_loopback_tcp_and_rejects_the_rest():
 def test_nft_accepts_the_ruleset(tmp_path):
     for users in ({1014, 1015}, set()):
         f = tmp_path / "r.nft"
-        f.write_text(netguard.ruleset(users, {999}))
+        f.write_text(netguard.ruleset(users, {999}, rports=users and {8080, 9000}, relay_uid=999))
         p = subprocess.run(["nft", "--check", "-f", str(f)], capture_output=True, text=True)
         assert p.returncode == 0, p.stderr
 
@@ -304,3 +371,67 @@ def test_check_reports_port_forwarding_where_it_cannot_work(tmp_path):
     assert "elsewhere backend cannot forward ports" in p
     [p] = port_problems(cfg(True), str(uids), busybox=str(tmp_path / "nobusybox"))
     assert "busybox-static" in p
+
+
+def test_check_reports_remote_forwarding_where_it_cannot_work(tmp_path):
+    from types import SimpleNamespace
+
+    from hatchway.admin.check_cmd import remote_port_problems
+
+    def cfg(ports=(), backend="docker", groups=None):
+        return SimpleNamespace(session=SimpleNamespace(remote_forward_ports=list(ports)),
+                               backend=backend, groups=groups or {})
+    uids = tmp_path / "uids"
+    uids.write_text("1000\n")
+    assert remote_port_problems(cfg(), str(tmp_path / "none")) == []
+    assert remote_port_problems(cfg([8080]), str(uids)) == []
+    [p] = remote_port_problems(cfg([8080]), str(tmp_path / "none"))
+    assert "hatchway-netguard is not running" in p
+    dev = {"dev": {"session": {"remote_forward_ports": [9000]}}}
+    [p] = remote_port_problems(cfg(groups=dev, backend="kubernetes"), str(uids))
+    assert "Docker only" in p
+
+
+def test_the_loopback_listener_dump_shows_port_and_owner():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        assert ("127.0.0.1", port, os.getuid()) in P.loopback_listeners()
+    assert all(p != port for _a, p, _u in P.loopback_listeners())
+
+
+def test_the_guard_makes_listeners_for_reserved_ports_only_and_answers_in_one_line():
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    import threading
+    t = threading.Thread(target=netguard.serve_listens, args=(ours, lambda: {8080}), daemon=True)
+    t.start()
+    from hatchway.daemon import rfwd
+    chan = rfwd.GuardChannel(theirs)
+    with pytest.raises(OSError, match="not a reserved -R port"):
+        chan.listen(os.getpid(), "a" * 64, 9999)
+    # a reserved port, but this process is no container's
+    with pytest.raises(OSError, match="not in container|no such|No such"):
+        chan.listen(os.getpid(), "a" * 64, 8080)
+    with pytest.raises(OSError, match="not a container id"):
+        chan.listen(os.getpid(), "../etc", 8080)
+    # garbage on the channel: an error answer, and the server keeps serving
+    theirs.send(b"\xff not json")
+    assert b"error" in theirs.recv(4096)
+    with pytest.raises(OSError, match="not a reserved -R port"):
+        chan.listen(os.getpid(), "a" * 64, 1)
+    theirs.close()
+    t.join(5)
+    assert not t.is_alive()
+
+
+def test_the_guard_never_listens_in_the_hosts_own_network(tmp_path):
+    # a fake /proc entry whose cgroup names the container, but whose network
+    # namespace is this process's own (the container ran with --network host)
+    cid = "b" * 64
+    entry = tmp_path / "4242"
+    (entry / "ns").mkdir(parents=True)
+    (entry / "cgroup").write_text(f"0::/docker/{cid}\n")
+    os.symlink("/proc/self/ns/net", entry / "ns" / "net")
+    with pytest.raises(ValueError, match="host's network"):
+        netguard.listen_in(4242, cid, 8080, proc=str(tmp_path))
