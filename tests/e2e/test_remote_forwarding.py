@@ -44,15 +44,18 @@ RPORTS = Path("/run/hatchway-netguard/rports")     # the guard's list of reserve
 
 
 
-def retry_def(tries: int) -> str:
+def retry_def(seconds: int) -> str:
     """A shell function for the container: `retry CMD...` runs CMD until it
-    succeeds, at most `tries` times, 0.1 s apart."""
-    return (f'retry() {{ i=0; while [ $i -lt {tries} ]; do "$@" && return 0; i=$((i + 1)); '
-            'sleep 0.1; done; return 1; }; ')
+    succeeds, 0.1 s apart, for `seconds` at most (a deadline, not a count:
+    one try may itself take up to wget's -T)."""
+    return (f'retry() {{ end=$(($(date +%s) + {seconds})); while :; do "$@" && return 0; '
+            '[ "$(date +%s)" -lt "$end" ] || return 1; sleep 0.1; done; }; ')
 
 
-# 300 tries: a deadline of 30 s and more, where the listener needs about 1 s
-RETRY = retry_def(300)
+# 30 s, where the listener needs about 1 s
+RETRY = retry_def(30)
+# every wget is given -T 10: busybox's default would wait 15 minutes on a
+# connection accepted and never answered
 # Where a container's listening TCP sockets are, as text for listening_ports()
 LISTENERS = "cat /proc/net/tcp /proc/net/tcp6 2>/dev/null; true"
 
@@ -289,7 +292,7 @@ class Holding:
     (so the forward and its in-container listener are up) and then sleeps."""
 
     def __init__(self, hw, user: str, port: int, origin_port: int):
-        script = (RETRY + f"retry wget -qO- http://127.0.0.1:{port}/ && echo READY && "
+        script = (RETRY + f"retry wget -T 10 -qO- http://127.0.0.1:{port}/ && echo READY && "
                   "exec sleep 300")
         self.p = subprocess.Popen(hw.ssh_argv(user, script, options=r_opt(port, origin_port)),
                                   stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
@@ -312,9 +315,9 @@ def test_R_serves_the_clients_service_inside_the_container(hw, origin):
     port = 47101
     before = len(origin.seen)
     # the listener is on 127.0.0.1, and on ::1 too when the container has it
-    script = (RETRY + f"retry wget -qO- http://127.0.0.1:{port}/ || exit 1; "
+    script = (RETRY + f"retry wget -T 10 -qO- http://127.0.0.1:{port}/ || exit 1; "
               "if grep -q '^00000000000000000000000000000001 ' /proc/net/if_inet6 2>/dev/null; "
-              f"then echo V6; retry wget -qO- 'http://[::1]:{port}/'; else echo NOV6; fi")
+              f"then echo V6; retry wget -T 10 -qO- 'http://[::1]:{port}/'; else echo NOV6; fi")
     r = hw.ssh("alice", script, options=r_opt(port, origin.port))
     assert r.returncode == 0, r
     lines = r.stdout.decode().splitlines()
@@ -330,11 +333,11 @@ def test_R_carries_10_mb_each_way_byte_exact(hw, origin):
     # client -> container: the origin's BIG; container -> client: 10 MB and
     # more of the container's own, POSTed to the origin, which answers its
     # length and hash.  Text: busybox wget's --post-file stops at a NUL byte.
-    script = (RETRY + f"retry wget -qO /tmp/big http://127.0.0.1:{port}/big.bin || exit 1; "
-              "sha256sum /tmp/big; "
+    script = (RETRY + f"retry wget -T 10 -qO /tmp/big http://127.0.0.1:{port}/big.bin "
+              "|| exit 1; sha256sum /tmp/big; "
               "head -c 7864320 /dev/urandom | base64 > /tmp/up && wc -c < /tmp/up && "
               "sha256sum /tmp/up && "
-              f"retry wget -qO- --post-file /tmp/up http://127.0.0.1:{port}/sink")
+              f"retry wget -T 10 -qO- --post-file /tmp/up http://127.0.0.1:{port}/sink")
     r = hw.ssh("alice", script, options=r_opt(port, origin.port))
     assert r.returncode == 0, r
     lines = r.stdout.decode().splitlines()
@@ -352,7 +355,7 @@ def test_a_forward_made_before_any_session_reaches_the_next_sessions_container(h
     try:
         # -N in session mode: no session, so no container to listen in
         assert hw.containers(user="alice") == []
-        r = hw.ssh("alice", RETRY + f"retry wget -qO- http://127.0.0.1:{port}/")
+        r = hw.ssh("alice", RETRY + f"retry wget -T 10 -qO- http://127.0.0.1:{port}/")
         assert (r.returncode, r.stdout.decode()) == (0, TOKEN + "\n"), r
     finally:
         stop(f)
@@ -370,7 +373,7 @@ def test_the_listener_lands_in_the_running_container_and_goes_with_the_forward(h
         assert not ctr_listening(ctr, port)
         f = rforward(hw, "alice", port, origin.port)
         try:
-            r = inside(ctr, RETRY + f"retry wget -qO- http://127.0.0.1:{port}/")
+            r = inside(ctr, RETRY + f"retry wget -T 10 -qO- http://127.0.0.1:{port}/")
             assert r.stdout == TOKEN + "\n"
             assert ctr_listening(ctr, port)
         finally:
@@ -410,7 +413,7 @@ def test_no_host_process_reaches_a_users_R_listener(hw, origin):
         # none of it reached the client's service
         assert origin.seen[seen:] == []
         # while the forward itself still serves alice's container
-        r = inside(hw.one_container(user="alice"), f"wget -qO- http://127.0.0.1:{port}/")
+        r = inside(hw.one_container(user="alice"), f"wget -T 10 -qO- http://127.0.0.1:{port}/")
         assert r.stdout == TOKEN + "\n"
     finally:
         held.close()
@@ -450,7 +453,7 @@ def test_the_relay_joins_only_the_users_own_sshd_listener(hw, origin):
             # one here at all), then a few requests, each given 3 s
             listening = (f"grep -qE ':{port:04X} [0-9A-F]+:0000 0A' /proc/net/tcp /proc/net/tcp6 "
                          "2>/dev/null")
-            r = hw.ssh("alice", retry_def(100) + f"retry {listening} "
+            r = hw.ssh("alice", retry_def(10) + f"retry {listening} "
                                 "&& echo LISTENER || echo NO-LISTENER; "
                                 f"for i in 1 2 3 4 5; do wget -qO- -T 3 "
                                 f"http://127.0.0.1:{port}/ 2>&1; sleep 0.2; done; echo END")
@@ -529,7 +532,7 @@ def test_without_a_list_R_is_refused(hw, origin, policy):
                      "groups": {GROUP: {"session": {"remote_forward_ports": [47160]}}}})
 def test_a_group_entry_replaces_the_list_for_its_members(hw, origin, rfwd_group):
     # alice (in the group): the group's port, not the top-level one
-    r = hw.ssh("alice", RETRY + "retry wget -qO- http://127.0.0.1:47160/",
+    r = hw.ssh("alice", RETRY + "retry wget -T 10 -qO- http://127.0.0.1:47160/",
                options=r_opt(47160, origin.port))
     assert (r.returncode, r.stdout.decode()) == (0, TOKEN + "\n"), r
     refused_R(hw, "alice", 47161, origin.port)
@@ -547,7 +550,7 @@ def test_a_persistent_workspace_gets_each_connections_forward(hw, origin):
     run(["hatchway", "workspaces", "rm", "alice"], check=False)
     try:
         r = hw.ssh("alice", RETRY + "echo kept > /root/mark; "
-                                    f"retry wget -qO- http://127.0.0.1:{first}/",
+                                    f"retry wget -T 10 -qO- http://127.0.0.1:{first}/",
                    options=r_opt(first, origin.port))
         assert (r.returncode, r.stdout.decode()) == (0, TOKEN + "\n"), r
         ws = hw.one_container(user="alice", mode="persistent")
@@ -555,7 +558,7 @@ def test_a_persistent_workspace_gets_each_connections_forward(hw, origin):
         f = rforward(hw, "alice", second, origin.port)
         try:
             r = hw.ssh("alice", RETRY + "cat /root/mark; "
-                                        f"retry wget -qO- http://127.0.0.1:{second}/")
+                                        f"retry wget -T 10 -qO- http://127.0.0.1:{second}/")
             assert (r.returncode, r.stdout.decode()) == (0, f"kept\n{TOKEN}\n"), r
         finally:
             stop(f)
