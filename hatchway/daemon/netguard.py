@@ -52,7 +52,8 @@ def ruleset(users: set[int], canary: set[int], port: int = P.RELAY_PORT,
             rports: set[int] = frozenset(), relay_uid: int = 0) -> str:
     """The table.  Every TCP connect by a covered uid to loopback goes to the
     relay; the canary uids' connect to 127.0.0.1:1 too; every other packet a
-    covered uid sends is rejected (non-loopback, UDP, ...).  A connect to a
+    covered uid sends is rejected (non-loopback, UDP, ...), except the answers
+    of its sshd's -R listener to the relay's connects.  A connect to a
     reserved -R port on loopback by anyone but the relay (root included) is
     reset: sshd's listener for a user's -R is there, and only the container
     may reach it (the covered uids' connects were redirected before this)."""
@@ -82,6 +83,8 @@ def ruleset(users: set[int], canary: set[int], port: int = P.RELAY_PORT,
         type filter hook output priority 0; policy accept;
         meta skuid @users ct status dnat ip daddr 127.0.0.1 tcp dport {port} accept
         meta skuid @users ct status dnat ip6 daddr ::1 tcp dport {port} accept
+        meta skuid @users ct direction reply ip daddr 127.0.0.0/8 tcp sport @rports accept
+        meta skuid @users ct direction reply ip6 daddr ::1 tcp sport @rports accept
         meta skuid @users meta l4proto tcp reject with tcp reset
         meta skuid @users reject
         ip daddr 127.0.0.0/8 tcp dport @rports meta skuid != {relay_uid} reject with tcp reset

@@ -306,6 +306,25 @@ class Stack:
         self.config = cfg
         self.write_config(cfg)
         self.restart_daemon()
+        if "netguard" in self.procs:
+            self.wait_reserved(cfg)
+
+    def wait_reserved(self, cfg: dict) -> None:
+        """The guard re-reads the config every 2 s; until its table reserves
+        the config's -R ports, hatchway-keys (rightly) offers none of them."""
+        from hatchway.core.switches import parse_ports
+        want = set(parse_ports((cfg.get("session") or {}).get("remote_forward_ports") or []))
+        for g in (cfg.get("groups") or {}).values():
+            want |= set(parse_ports(((g or {}).get("session") or {})
+                                    .get("remote_forward_ports") or []))
+
+        def reserved():
+            try:
+                have = Path("/run/hatchway-netguard/rports").read_text().split()
+            except FileNotFoundError:
+                have = []
+            return {int(x) for x in have} == want
+        wait_for(reserved, 15, what=f"hatchway-netguard to reserve the -R ports {sorted(want)}")
 
     # ------------------------------------------------------------ users
 

@@ -315,6 +315,10 @@ def test_the_ruleset_keeps_reserved_remote_ports_for_the_relay_alone():
     assert "type inet_service\n        elements = { 8080, 9000 }" in text
     assert "ip daddr 127.0.0.0/8 tcp dport @rports meta skuid != 999 reject with tcp reset" in text
     assert "ip6 daddr ::1 tcp dport @rports meta skuid != 999 reject with tcp reset" in text
+    # the users' own -R listeners may answer the relay (a SYN-ACK is the user's packet)
+    assert "meta skuid @users ct direction reply ip daddr 127.0.0.0/8 tcp sport @rports accept" \
+        in text
+    assert text.index("ct direction reply ip daddr") < text.index("meta skuid @users meta l4proto")
     # after the covered users' rules: their connects were redirected to the relay already
     assert text.index("@rports meta") > text.index("meta skuid @users reject")
 
