@@ -22,7 +22,6 @@ import os
 import socket
 import subprocess
 import threading
-from pathlib import Path
 
 import pytest
 
@@ -40,7 +39,6 @@ IMPOSTOR = b"IMPOSTOR-ON-HOST-LOOPBACK"
 BIG = os.urandom(10 << 20)
 BIG_SHA = hashlib.sha256(BIG).hexdigest()
 GROUP = "hw-rfwd"
-RPORTS = Path("/run/hatchway-netguard/rports")     # the guard's list of reserved ports
 
 
 
@@ -70,38 +68,6 @@ def netguard(stack):
         yield stack
     finally:
         stack.stop_netguard()
-
-
-def listed(cfg: dict) -> set[int]:
-    """Every port of the config's remote_forward_ports lists (top level and
-    groups): what the guard must reserve for it."""
-    lists = [(cfg.get("session") or {}).get("remote_forward_ports") or []]
-    lists += [((g or {}).get("session") or {}).get("remote_forward_ports") or []
-              for g in (cfg.get("groups") or {}).values()]
-    out = set()
-    for item in (i for lst in lists for i in lst):
-        low, _, high = str(item).partition("-")
-        out.update(range(int(low), int(high or low) + 1))
-    return out
-
-
-def published() -> set[int] | None:
-    try:
-        return {int(p) for p in RPORTS.read_text().split()}
-    except (OSError, ValueError):
-        return None
-
-
-@pytest.fixture(autouse=True)
-def guard_caught_up(hw):
-    """The guard rereads the config every 2 s, and hatchway-keys offers only
-    ports the guard reserves already (fail closed): right after a config
-    change a login could miss a new port.  Each test starts once the guard
-    has published its config's ports."""
-    want = listed(hw.config)
-    wait_for(lambda: published() == want, 20, 0.1,
-             what=f"hatchway-netguard to reserve the config's -R ports {sorted(want)}")
-    return hw
 
 
 class _Origin(http.server.BaseHTTPRequestHandler):
