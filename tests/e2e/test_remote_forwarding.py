@@ -45,15 +45,16 @@ GROUP = "hw-rfwd"
 def retry_def(seconds: int) -> str:
     """A shell function for the container: `retry CMD...` runs CMD until it
     succeeds, 0.1 s apart, for `seconds` at most (a deadline, not a count:
-    one try may itself take up to wget's -T)."""
+    one try may itself take up to its `timeout`)."""
     return (f'retry() {{ end=$(($(date +%s) + {seconds})); while :; do "$@" && return 0; '
             '[ "$(date +%s)" -lt "$end" ] || return 1; sleep 0.1; done; }; ')
 
 
 # 30 s, where the listener needs about 1 s
 RETRY = retry_def(30)
-# every wget is given -T 10: busybox's default would wait 15 minutes on a
-# connection accepted and never answered
+# every wget runs under `timeout`: busybox's default would wait 15 minutes on
+# a connection accepted and never answered (and this busybox's wget -T
+# crashes, SIGSEGV, on every request)
 # Where a container's listening TCP sockets are, as text for listening_ports()
 LISTENERS = "cat /proc/net/tcp /proc/net/tcp6 2>/dev/null; true"
 
@@ -258,7 +259,7 @@ class Holding:
     (so the forward and its in-container listener are up) and then sleeps."""
 
     def __init__(self, hw, user: str, port: int, origin_port: int):
-        script = (RETRY + f"retry wget -T 10 -qO- http://127.0.0.1:{port}/ && echo READY && "
+        script = (RETRY + f"retry timeout 10 wget -qO- http://127.0.0.1:{port}/ && echo READY && "
                   "exec sleep 300")
         self.p = subprocess.Popen(hw.ssh_argv(user, script, options=r_opt(port, origin_port)),
                                   stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
@@ -281,9 +282,10 @@ def test_R_serves_the_clients_service_inside_the_container(hw, origin):
     port = 47101
     before = len(origin.seen)
     # the listener is on 127.0.0.1, and on ::1 too when the container has it
-    script = (RETRY + f"retry wget -T 10 -qO- http://127.0.0.1:{port}/ || exit 1; "
+    script = (RETRY + f"retry timeout 10 wget -qO- http://127.0.0.1:{port}/ || exit 1; "
               "if grep -q '^00000000000000000000000000000001 ' /proc/net/if_inet6 2>/dev/null; "
-              f"then echo V6; retry wget -T 10 -qO- 'http://[::1]:{port}/'; else echo NOV6; fi")
+              f"then echo V6; retry timeout 10 wget -qO- 'http://[::1]:{port}/'; "
+              "else echo NOV6; fi")
     r = hw.ssh("alice", script, options=r_opt(port, origin.port))
     assert r.returncode == 0, r
     lines = r.stdout.decode().splitlines()
@@ -299,11 +301,11 @@ def test_R_carries_10_mb_each_way_byte_exact(hw, origin):
     # client -> container: the origin's BIG; container -> client: 10 MB and
     # more of the container's own, POSTed to the origin, which answers its
     # length and hash.  Text: busybox wget's --post-file stops at a NUL byte.
-    script = (RETRY + f"retry wget -T 10 -qO /tmp/big http://127.0.0.1:{port}/big.bin "
+    script = (RETRY + f"retry timeout 60 wget -qO /tmp/big http://127.0.0.1:{port}/big.bin "
               "|| exit 1; sha256sum /tmp/big; "
               "head -c 7864320 /dev/urandom | base64 > /tmp/up && wc -c < /tmp/up && "
               "sha256sum /tmp/up && "
-              f"retry wget -T 10 -qO- --post-file /tmp/up http://127.0.0.1:{port}/sink")
+              f"retry timeout 60 wget -qO- --post-file /tmp/up http://127.0.0.1:{port}/sink")
     r = hw.ssh("alice", script, options=r_opt(port, origin.port))
     assert r.returncode == 0, r
     lines = r.stdout.decode().splitlines()
@@ -321,7 +323,7 @@ def test_a_forward_made_before_any_session_reaches_the_next_sessions_container(h
     try:
         # -N in session mode: no session, so no container to listen in
         assert hw.containers(user="alice") == []
-        r = hw.ssh("alice", RETRY + f"retry wget -T 10 -qO- http://127.0.0.1:{port}/")
+        r = hw.ssh("alice", RETRY + f"retry timeout 10 wget -qO- http://127.0.0.1:{port}/")
         assert (r.returncode, r.stdout.decode()) == (0, TOKEN + "\n"), r
     finally:
         stop(f)
@@ -339,7 +341,7 @@ def test_the_listener_lands_in_the_running_container_and_goes_with_the_forward(h
         assert not ctr_listening(ctr, port)
         f = rforward(hw, "alice", port, origin.port)
         try:
-            r = inside(ctr, RETRY + f"retry wget -T 10 -qO- http://127.0.0.1:{port}/")
+            r = inside(ctr, RETRY + f"retry timeout 10 wget -qO- http://127.0.0.1:{port}/")
             assert r.stdout == TOKEN + "\n"
             assert ctr_listening(ctr, port)
         finally:
@@ -347,7 +349,7 @@ def test_the_listener_lands_in_the_running_container_and_goes_with_the_forward(h
         # the forward is gone: so is the container's listener (about 1-2 s)
         wait_for(lambda: not ctr_listening(ctr, port), 30,
                  what="the in-container listener to close")
-        r = inside(ctr, f"wget -qO- -T 5 http://127.0.0.1:{port}/", check=False)
+        r = inside(ctr, f"timeout 5 wget -qO- http://127.0.0.1:{port}/", check=False)
         assert r.returncode != 0 and TOKEN not in r.stdout, r
         wait_for(lambda: host_listeners(port) == set(), 30, what="sshd's listener to close")
     finally:
@@ -379,7 +381,7 @@ def test_no_host_process_reaches_a_users_R_listener(hw, origin):
         # none of it reached the client's service
         assert origin.seen[seen:] == []
         # while the forward itself still serves alice's container
-        r = inside(hw.one_container(user="alice"), f"wget -T 10 -qO- http://127.0.0.1:{port}/")
+        r = inside(hw.one_container(user="alice"), f"timeout 10 wget -qO- http://127.0.0.1:{port}/")
         assert r.stdout == TOKEN + "\n"
     finally:
         held.close()
@@ -421,7 +423,7 @@ def test_the_relay_joins_only_the_users_own_sshd_listener(hw, origin):
                          "2>/dev/null")
             r = hw.ssh("alice", retry_def(10) + f"retry {listening} "
                                 "&& echo LISTENER || echo NO-LISTENER; "
-                                f"for i in 1 2 3 4 5; do wget -qO- -T 3 "
+                                f"for i in 1 2 3 4 5; do timeout 3 wget -qO- "
                                 f"http://127.0.0.1:{port}/ 2>&1; sleep 0.2; done; echo END")
             print(r.stdout.decode())
             assert r.stdout.endswith(b"END\n"), r
@@ -440,7 +442,7 @@ def test_another_user_neither_sees_nor_takes_a_held_port(hw, origin):
     try:
         # bob's container: nothing there listens on the port, and for 3 s and
         # more (alice's listener took about 1 s to appear) no request gets the token
-        r = hw.ssh("bob", "for i in $(seq 30); do wget -qO- -T 2 "
+        r = hw.ssh("bob", "for i in $(seq 30); do timeout 2 wget -qO- "
                           f"http://127.0.0.1:{port}/ 2>/dev/null && echo GOT; sleep 0.1; done; "
                           "echo LISTENERS; " + LISTENERS)
         assert r.returncode == 0, r
@@ -466,9 +468,19 @@ def test_a_port_outside_the_list_or_a_dynamic_one_is_refused(hw, origin):
 @pytest.mark.config(RFWD)
 def test_with_only_R_on_L_stays_refused(hw):
     """The two directions are independent: the -R list gives no -L/-W."""
+    log = hw.tmp / "sshd.log"
+    before = len(log.read_text(errors="replace"))
     r = hw.ssh("alice", None, options=("-W", "127.0.0.1:47101"), timeout=60)
     assert r.returncode == 255, r
-    assert b"administratively prohibited" in r.stderr, r.stderr
+    assert b"stdio forwarding failed" in r.stderr, r.stderr
+    # sshd's refusal (the key's permitopen: "...but the request was denied";
+    # no port-forwarding at all: "refused local port forward"), not some
+    # other failure
+    def refused():
+        new = log.read_text(errors="replace")[before:]
+        return ("to connect to host 127.0.0.1 port 47101, but the request was denied" in new
+                or "refused local port forward" in new)
+    wait_for(refused, 10, what="sshd to log the refusal")
 
 
 @pytest.mark.config(RFWD)
@@ -498,7 +510,7 @@ def test_without_a_list_R_is_refused(hw, origin, policy):
                      "groups": {GROUP: {"session": {"remote_forward_ports": [47160]}}}})
 def test_a_group_entry_replaces_the_list_for_its_members(hw, origin, rfwd_group):
     # alice (in the group): the group's port, not the top-level one
-    r = hw.ssh("alice", RETRY + "retry wget -T 10 -qO- http://127.0.0.1:47160/",
+    r = hw.ssh("alice", RETRY + "retry timeout 10 wget -qO- http://127.0.0.1:47160/",
                options=r_opt(47160, origin.port))
     assert (r.returncode, r.stdout.decode()) == (0, TOKEN + "\n"), r
     refused_R(hw, "alice", 47161, origin.port)
@@ -516,7 +528,7 @@ def test_a_persistent_workspace_gets_each_connections_forward(hw, origin):
     run(["hatchway", "workspaces", "rm", "alice"], check=False)
     try:
         r = hw.ssh("alice", RETRY + "echo kept > /root/mark; "
-                                    f"retry wget -T 10 -qO- http://127.0.0.1:{first}/",
+                                    f"retry timeout 10 wget -qO- http://127.0.0.1:{first}/",
                    options=r_opt(first, origin.port))
         assert (r.returncode, r.stdout.decode()) == (0, TOKEN + "\n"), r
         ws = hw.one_container(user="alice", mode="persistent")
@@ -524,7 +536,7 @@ def test_a_persistent_workspace_gets_each_connections_forward(hw, origin):
         f = rforward(hw, "alice", second, origin.port)
         try:
             r = hw.ssh("alice", RETRY + "cat /root/mark; "
-                                        f"retry wget -T 10 -qO- http://127.0.0.1:{second}/")
+                                        f"retry timeout 10 wget -qO- http://127.0.0.1:{second}/")
             assert (r.returncode, r.stdout.decode()) == (0, f"kept\n{TOKEN}\n"), r
         finally:
             stop(f)
