@@ -251,11 +251,11 @@ def parse_uids(text: str) -> set[int]:
     return {int(line) for line in text.split() if line.isdigit()}
 
 
-def reserved(path: str = RPORTS_FILE) -> set[int]:
+def reserved(path: str | None = None) -> set[int]:
     """The -R ports the loaded table keeps from every host process but the
     relay (written by the guard after loading them)."""
     try:
-        with open(path, encoding="ascii") as f:
+        with open(path or RPORTS_FILE, encoding="ascii") as f:
             return parse_uids(f.read())
     except (OSError, ValueError):
         return set()

@@ -184,6 +184,28 @@ def listen_in(pid: int, container: str, port: int, proc: str = "/proc") -> list[
         os.close(nsfd)
 
 
+def can_enter_netns() -> str:
+    """"" when this process may enter a network namespace (its own, in a
+    thread: the same capability, seccomp and RestrictNamespaces checks as a
+    container's), else why not: said at start, since without it every -R
+    gets no listener."""
+    failed: list = []
+
+    def probe():
+        try:
+            fd = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+            try:
+                _setns(fd)
+            finally:
+                os.close(fd)
+        except OSError as e:
+            failed.append(e)
+    t = threading.Thread(target=probe, name="netns-probe")
+    t.start()
+    t.join()
+    return str(failed[0]) if failed else ""
+
+
 def serve_listens(chan: socket.socket, allowed) -> None:
     """The relay's requests, one datagram each: {"pid", "container", "port"};
     the answer carries the sockets (SCM_RIGHTS) or {"error": ...}.  Only a
@@ -366,6 +388,10 @@ class Guard:
         self._wait_applied(self.rports, "rports")
         self.start_relay()
         self._publish()
+        why = can_enter_netns()
+        print("hatchway-netguard: entering containers' network namespaces (ssh -R): "
+              + (f"fails ({why}); no -R gets a listener" if why else "works"),
+              file=sys.stderr, flush=True)
         print(f"hatchway-netguard: table inet {P.TABLE} loaded, covering {len(self.users)} "
               f"users, reserving {len(self.rports)} -R ports; relay on port {self.args.port}",
               file=sys.stderr, flush=True)

@@ -19,7 +19,9 @@ Every WATCH seconds the watcher compares the host's loopback listeners
     first, else the newest session container); a different container now
     (the old one went) means a new listener;
   - a listener whose host side is gone (the client cancelled or
-    disconnected) is closed; connections already joined run to their end.
+    disconnected) is closed; connections already joined run to their end;
+  - a held listener's container is looked up again every CHECK seconds
+    (when it went, or a workspace now comes first, the listener moves).
 Each connection accepted in the container is joined to the host listener
 only after sock_diag confirms that the socket which answered belongs to the
 same uid: a port let go and taken by another user between two looks is never
@@ -46,6 +48,7 @@ log = logging.getLogger("hatchway-portrelay")
 
 WATCH = 0.5                 # seconds between looks at the host's listeners
 RETRY = 5.0                 # a listener that could not be made is tried again after this
+CHECK = 2.0                 # how long a user's container is taken as still the one
 
 
 class GuardChannel:
@@ -145,6 +148,7 @@ class RemoteForwards:
         self.guard = guard
         self.active: dict[tuple[int, int], Listener] = {}
         self.failed: dict[tuple[int, int, str], float] = {}
+        self.containers: dict[int, tuple[float, tuple[str, int] | None]] = {}
         self.said: set[str] = set()
 
     def _once(self, what: str, text: str) -> None:
@@ -192,10 +196,11 @@ class RemoteForwards:
                 self._once("backend", "-R: the configured backend cannot listen inside a "
                            "container (Docker only); no listeners")
                 return
-            if uid not in containers:
-                containers[uid] = cfg.way.container_pid(pw.pw_name)
-            target = containers[uid]
             current = self.active.get((uid, port))
+            if uid not in containers:
+                containers[uid] = self._container(uid, pw.pw_name, cfg.way,
+                                                  fresh=current is None)
+            target = containers[uid]
             if current is not None:
                 current.host_addrs = addrs
                 if target is not None and current.container == target[0]:
@@ -209,13 +214,27 @@ class RemoteForwards:
             try:
                 socks = self.guard.listen(pid, cid, port)
             except OSError as e:
-                log.warning("-R user=%s port=%d container=%s: no listener: %s", pw.pw_name,
-                            port, cid[:12], e)
+                # e.g. the port is taken inside the container: said once, tried again
+                self._once(f"fail {uid} {port} {cid} {e}",
+                           f"-R user={pw.pw_name} port={port} container={cid[:12]}: "
+                           f"no listener: {e}")
                 self.failed[(uid, port, cid)] = time.monotonic() + RETRY
                 continue
             self.failed.pop((uid, port, cid), None)
             self.active[(uid, port)] = Listener(uid, pw.pw_name, port, cid, socks, addrs)
             log.info("-R user=%s port=%d: listening in container %s", pw.pw_name, port, cid[:12])
+
+    def _container(self, uid: int, user: str, way, fresh: bool) -> tuple[str, int] | None:
+        """The user's container for -R.  While a listener is up the answer
+        is kept for CHECK seconds (each one is a list and an inspect on the
+        engine); while one is awaited, it is asked every look."""
+        now = time.monotonic()
+        cached = self.containers.get(uid)
+        if not fresh and cached and now - cached[0] < CHECK:
+            return cached[1]
+        target = way.container_pid(user)
+        self.containers[uid] = (now, target)
+        return target
 
     def _drop(self, key: tuple[int, int], why: str) -> None:
         listener = self.active.pop(key, None)

@@ -312,6 +312,7 @@ def test_sessions_of_one_connection_share_its_container_under_the_sandbox(machin
 
 # capability numbers (linux/capability.h)
 CAP_KILL, CAP_SETGID, CAP_SETUID, CAP_NET_BIND_SERVICE, CAP_NET_ADMIN = 5, 6, 7, 10, 12
+CAP_SYS_PTRACE, CAP_SYS_ADMIN = 19, 21
 
 
 def fetch(machine: Machine, url: str) -> subprocess.CompletedProcess:
@@ -375,8 +376,12 @@ def test_the_port_forwarding_guard_runs_sandboxed_and_forwards(machine):
         status = machine.proc_status(guard)
         assert (status["NoNewPrivs"], status["Seccomp"]) == ("1", "2"), status
         wanted = sum(1 << c for c in (CAP_KILL, CAP_SETGID, CAP_SETUID, CAP_NET_BIND_SERVICE,
-                                      CAP_NET_ADMIN))
+                                      CAP_NET_ADMIN, CAP_SYS_PTRACE, CAP_SYS_ADMIN))
         assert int(status["CapBnd"], 16) == wanted, status["CapBnd"]
+        # ssh -R: the sandbox (capabilities, seccomp, RestrictNamespaces=net)
+        # still lets the guard enter a network namespace
+        said = machine.run(["journalctl", "-u", NETGUARD, "-o", "cat"]).stdout
+        assert "network namespaces (ssh -R): works" in said, said
         mounts = machine.mounts_of(guard)
         for path in ("/", "/etc", "/usr", "/var/lib", "/home", "/run/hatchway"):
             assert "ro" in mount_for(mounts, path), path

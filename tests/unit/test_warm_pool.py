@@ -112,7 +112,8 @@ def test_only_logins_a_spare_can_serve_use_one(cfg, tmp_path):
     assert not pool.usable(spec_for(cfg, agent_dir="/run/hatchway/agent/x"))
     for docker, session in (({"warm_pool": 0}, None), ({"pull": "Always"}, None),
                             ({"mounts": ["/srv:/srv:ro"]}, None),
-                            (None, {"port_forwarding": True}), (None, {"mode": "persistent"})):
+                            (None, {"port_forwarding": True}), (None, {"mode": "persistent"}),
+                            (None, {"remote_forward_ports": [8080]})):
         assert not pool.usable(spec_for(make_cfg(tmp_path, docker, session))), (docker, session)
 
 

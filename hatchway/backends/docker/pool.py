@@ -70,7 +70,10 @@ def _unservable(cfg) -> str:
     return ("session.mode is not session" if s.mode != "session" else
             "docker.mounts is set (volumes are made per user)" if d.mounts else
             "docker.pull is Always (every login asks the registry)" if d.pull == "Always" else
-            "session.port_forwarding is on" if s.port_forwarding else "")
+            "session.port_forwarding is on" if s.port_forwarding else
+            # a forward finds the user's container by its labels, which a
+            # claimed spare cannot carry
+            "session.remote_forward_ports is set" if s.remote_forward_ports else "")
 
 
 def usable(spec: SessionSpec) -> bool:
