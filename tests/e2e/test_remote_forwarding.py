@@ -41,7 +41,6 @@ BIG_SHA = hashlib.sha256(BIG).hexdigest()
 GROUP = "hw-rfwd"
 
 
-
 def retry_def(seconds: int) -> str:
     """A shell function for the container: `retry CMD...` runs CMD until it
     succeeds, 0.1 s apart, for `seconds` at most (a deadline, not a count:
@@ -50,11 +49,11 @@ def retry_def(seconds: int) -> str:
             '[ "$(date +%s)" -lt "$end" ] || return 1; sleep 0.1; done; }; ')
 
 
-# 30 s, where the listener needs about 1 s
+# 30 s, where the listener needs about 1 s.  Every wget inside runs under
+# `timeout`: busybox's default would wait 15 minutes on a connection accepted
+# and never answered (and this busybox's wget -T crashes, SIGSEGV, on every
+# request).
 RETRY = retry_def(30)
-# every wget runs under `timeout`: busybox's default would wait 15 minutes on
-# a connection accepted and never answered (and this busybox's wget -T
-# crashes, SIGSEGV, on every request)
 # Where a container's listening TCP sockets are, as text for listening_ports()
 LISTENERS = "cat /proc/net/tcp /proc/net/tcp6 2>/dev/null; true"
 
