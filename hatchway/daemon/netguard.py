@@ -299,7 +299,8 @@ class Guard:
         self.nft = None
         self.relay = None
         self.users: set[int] = set()
-        self.rports: set[int] = set()
+        self.rports: set[int] = set()     # offered: published for hatchway-keys
+        self.held: set[int] = set()       # in the table: rports and lingering ones
         self._conf_tag = None
         self.chan = None
         self.stopping = False
@@ -364,6 +365,7 @@ class Guard:
         self.users = members(self.args.group, exclude)
         self._config_changed()
         self.rports = reserved_ports(self.args.config) or set()
+        self.held = set(self.rports)
         # A table of this name that we do not own (left by an admin, or a
         # plain one): ours replaces it.  An owned one belongs to a live guard.
         subprocess.run([self.args.nft, "delete", "table", "inet", P.TABLE],
@@ -429,8 +431,7 @@ class Guard:
             self._wait_applied(now)
             self.users = now
             self._publish()
-        if self._config_changed():
-            self._refresh_rports()
+        self._refresh_rports(self._config_changed())
         for old in os.listdir(P.STATE_DIR):
             if old.startswith("cmd-") and old != f"cmd-{self.serial}.nft":
                 try:
@@ -438,21 +439,31 @@ class Guard:
                 except OSError:
                     pass
 
-    def _refresh_rports(self) -> None:
+    def _refresh_rports(self, changed: bool) -> None:
         """The same order as for users: hatchway-keys never offers a port
-        the table does not reserve."""
-        now = reserved_ports(self.args.config)
-        if now is None or now == self.rports:
-            return
-        added, removed = now - self.rports, self.rports - now
-        if removed:
-            self.rports -= removed
+        the table does not reserve.  A port taken out of the file stops
+        being offered at once, but stays reserved while a covered user's
+        sshd still listens there (a -R made before the change): otherwise
+        that listener would be open to every host process until the user
+        disconnects."""
+        now = reserved_ports(self.args.config) if changed else None
+        if now is not None and now != self.rports:
+            added = now - self.held
+            if added:
+                self._nft(set_update(added, set(), "rports"))
+                self._wait_applied(self.held | added, "rports")
+                self.held |= added
+            self.rports = now
             self._publish()
-        self._nft(set_update(added, removed, "rports"))
-        self._wait_applied(now, "rports")
-        self.rports = now
-        self._publish()
-        print(f"hatchway-netguard: -R ports reserved: {len(now)}", file=sys.stderr, flush=True)
+            print(f"hatchway-netguard: -R ports offered: {len(now)}", file=sys.stderr,
+                  flush=True)
+        lingering = self.held - self.rports
+        if lingering:
+            busy = {port for _a, port, uid in P.loopback_listeners() if uid in self.users}
+            free = lingering - busy
+            if free:
+                self._nft(set_update(set(), free, "rports"))
+                self.held -= free
 
     def run(self) -> int:
         self.start()

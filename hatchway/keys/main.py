@@ -313,7 +313,8 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as e:
             ports, remote, why = False, [], f"{type(e).__name__}: {e}"
         if why:
-            log(f"user={argv[0]} port forwarding off: {why}", syslog.LOG_WARNING)
+            log(f"user={argv[0]} port forwarding {'limited' if ports or remote else 'off'}: "
+                f"{why}", syslog.LOG_WARNING)
         try:
             os.write(1, authorized_line(argv, decision, agent, ports, remote).encode())
         except OSError:

@@ -442,3 +442,42 @@ def test_the_guard_never_listens_in_the_hosts_own_network(tmp_path):
     os.symlink("/proc/self/ns/net", entry / "ns" / "net")
     with pytest.raises(ValueError, match="host's network"):
         netguard.listen_in(4242, cid, 8080, proc=str(tmp_path))
+
+
+def test_a_port_taken_out_of_the_file_stays_reserved_while_a_users_listener_holds_it(tmp_path):
+    """The guard's bookkeeping with its nft process replaced by a list of the
+    commands it would send (a FAKE: the table itself is the e2e tests')."""
+    held = socket.socket()
+    held.bind(("127.0.0.1", 0))
+    held.listen()
+    busy = held.getsockname()[1]
+    config = tmp_path / "hatchway.yaml"
+    config.write_text(f"session:\n  remote_forward_ports: [{busy}, 47999]\n")
+
+    class Recording(netguard.Guard):
+        def __init__(self):
+            self.args = type("A", (), {"config": str(config)})()
+            self.users = {os.getuid()}      # the listener's owner counts as a covered user
+            self.rports, self.held, self.sent, self.published = set(), set(), [], []
+            self._conf_tag = None
+
+        def _nft(self, text):
+            self.sent.append(text)
+
+        def _wait_applied(self, uids, name="users"):
+            pass
+
+        def _publish(self):
+            self.published.append(set(self.rports))
+    g = Recording()
+    g._refresh_rports(g._config_changed())
+    assert g.rports == g.held == {busy, 47999} and g.published[-1] == {busy, 47999}
+    config.write_text("session:\n  remote_forward_ports: [47999]\n")
+    g.sent.clear()
+    g._refresh_rports(g._config_changed())
+    # no longer offered, still reserved: a user's sshd listens there
+    assert g.published[-1] == {47999} and g.held == {busy, 47999} and g.sent == []
+    held.close()
+    g._refresh_rports(g._config_changed())
+    assert g.held == {47999}
+    assert g.sent == [f"delete element inet hatchway rports {{ {busy} }}\n"]
