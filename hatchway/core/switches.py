@@ -1,8 +1,8 @@
 """Per-user switches read from the config file alone: `session.agent_forwarding`,
-`session.port_forwarding` and the list `session.remote_forward_ports`.  hatchway-keys decides with them what a key
-line may carry, and the port relay what it may join; the config webhook
-cannot turn them on.  It imports nothing: the key helper loads it on every
-login."""
+`session.port_forwarding` and the list `session.remote_forward_ports`.
+hatchway-keys decides with them what a key line may carry, and the port relay
+what it may join; the config webhook cannot turn them on.  It imports
+nothing: the key helper loads it on every login."""
 
 
 def switch_policy(cfg: dict, field: str) -> dict:
