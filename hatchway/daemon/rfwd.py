@@ -21,7 +21,8 @@ Every WATCH seconds the watcher compares the host's loopback listeners
   - a listener whose host side is gone (the client cancelled or
     disconnected) is closed; connections already joined run to their end;
   - a held listener's container is looked up again every CHECK seconds
-    (when it went, or a workspace now comes first, the listener moves).
+    (when it went, was started again with a new network namespace, or a
+    workspace now comes first, the listener moves).
 Each connection accepted in the container is joined to the host listener
 only after sock_diag confirms that the socket which answered belongs to the
 same uid: a port let go and taken by another user between two looks is never
@@ -79,9 +80,10 @@ class GuardChannel:
 class Listener:
     """One user's -R port inside one container."""
 
-    def __init__(self, uid: int, user: str, port: int, container: str,
+    def __init__(self, uid: int, user: str, port: int, container: str, pid: int,
                  socks: list[socket.socket], host_addrs: set[str]):
         self.uid, self.user, self.port, self.container = uid, user, port, container
+        self.pid = pid      # a workspace started again keeps its id, not its namespace
         self.socks = socks
         self.host_addrs = host_addrs
         self.closed = False
@@ -203,7 +205,7 @@ class RemoteForwards:
             target = containers[uid]
             if current is not None:
                 current.host_addrs = addrs
-                if target is not None and current.container == target[0]:
+                if target is not None and (current.container, current.pid) == target:
                     continue
                 self._drop((uid, port), "the container changed")
             if target is None:
@@ -221,7 +223,7 @@ class RemoteForwards:
                 self.failed[(uid, port, cid)] = time.monotonic() + RETRY
                 continue
             self.failed.pop((uid, port, cid), None)
-            self.active[(uid, port)] = Listener(uid, pw.pw_name, port, cid, socks, addrs)
+            self.active[(uid, port)] = Listener(uid, pw.pw_name, port, cid, pid, socks, addrs)
             log.info("-R user=%s port=%d: listening in container %s", pw.pw_name, port, cid[:12])
 
     def _container(self, uid: int, user: str, way, fresh: bool) -> tuple[str, int] | None:

@@ -548,6 +548,31 @@ def test_a_persistent_workspace_gets_each_connections_forward(hw, origin):
         run(["hatchway", "workspaces", "rm", "alice"], check=False)
 
 
+@pytest.mark.config({"session": {"remote_forward_ports": RANGE, "mode": "persistent"}})
+def test_a_held_forward_follows_the_workspace_when_it_starts_again(hw, origin):
+    """A stopped workspace keeps its container id but starts with a new
+    network namespace: the listener must be made again there."""
+    port = 47122
+    run(["hatchway", "workspaces", "rm", "alice"], check=False)
+    f = None
+    try:
+        fetch = RETRY + f"retry timeout 10 wget -qO- http://127.0.0.1:{port}/"
+        assert hw.ssh("alice", "true").returncode == 0
+        ws = hw.one_container(user="alice", mode="persistent")
+        f = rforward(hw, "alice", port, origin.port)
+        r = hw.ssh("alice", fetch)
+        assert (r.returncode, r.stdout.decode()) == (0, TOKEN + "\n"), r
+        run(["hatchway", "workspaces", "stop", "alice"])
+        # the next login starts the same workspace again; the held forward reaches it
+        r = hw.ssh("alice", fetch)
+        assert (r.returncode, r.stdout.decode()) == (0, TOKEN + "\n"), r
+        assert hw.one_container(user="alice", mode="persistent")["ID"] == ws["ID"]
+    finally:
+        if f is not None:
+            stop(f)
+        run(["hatchway", "workspaces", "rm", "alice"], check=False)
+
+
 # ------------------------------------------------------------------ sshd
 
 

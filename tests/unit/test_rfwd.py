@@ -155,6 +155,13 @@ def test_a_new_container_moves_the_listener(host):
     w.containers.clear()            # as after CHECK seconds
     w.step()
     assert first.closed and w.active[(os.getuid(), port)].container == "d" * 64
+    # the same container started again (a stopped workspace): a new process,
+    # a new network namespace, so a new listener
+    second = w.active[(os.getuid(), port)]
+    relay.way.target = ("d" * 64, 4444)
+    w.containers.clear()
+    w.step()
+    assert second.closed and w.active[(os.getuid(), port)].pid == 4444
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to listen as another uid")
