@@ -251,21 +251,28 @@ def parse_uids(text: str) -> set[int]:
     return {int(line) for line in text.split() if line.isdigit()}
 
 
-def reserved(path: str | None = None) -> set[int]:
-    """The -R ports the loaded table keeps from every host process but the
-    relay (written by the guard after loading them)."""
+def _published(path: str) -> set[int]:
+    """One of the guard's lists (UIDS_FILE, RPORTS_FILE); none when the
+    guard is not running."""
     try:
-        with open(path or RPORTS_FILE, encoding="ascii") as f:
+        with open(path, encoding="ascii") as f:
             return parse_uids(f.read())
     except (OSError, ValueError):
         return set()
 
 
-def covered(uid: int, path: str = UIDS_FILE) -> bool:
-    """Does the loaded table redirect this uid's connects?  The file is
-    written by the guard (root) after the table with these uids is loaded."""
-    try:
-        with open(path, encoding="ascii") as f:
-            return uid in parse_uids(f.read())
-    except (OSError, ValueError):
-        return False
+def reserved(path: str | None = None) -> set[int]:
+    """The -R ports the loaded table keeps from every host process but the
+    relay (written by the guard after loading them)."""
+    return _published(path or RPORTS_FILE)
+
+
+def covered_uids(path: str | None = None) -> set[int]:
+    """The uids the loaded table redirects (written by the guard, root,
+    after the table with them is loaded)."""
+    return _published(path or UIDS_FILE)
+
+
+def covered(uid: int, path: str | None = None) -> bool:
+    """Does the loaded table redirect this uid's connects?"""
+    return uid in covered_uids(path)

@@ -168,11 +168,7 @@ class RemoteForwards:
 
     def step(self) -> None:
         reserved = P.reserved()
-        try:
-            with open(P.UIDS_FILE, encoding="ascii") as f:
-                covered = P.parse_uids(f.read())
-        except OSError:
-            covered = set()
+        covered = P.covered_uids()
         want: dict[tuple[int, int], set[str]] = {}
         if reserved:
             for addr, port, uid in P.loopback_listeners():
