@@ -8,6 +8,17 @@ from __future__ import annotations
 import os
 
 
+def stat_tag(path: str) -> tuple | None:
+    """What tells a changed file from an unchanged one without reading it
+    (a replaced file has another inode; an edited one another size or
+    mtime); None when it cannot be stat'ed."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns
+
+
 def atomic_write(path: str, data: bytes, mode: int = 0o644, durable: bool = False) -> None:
     """Replace `path` with `data` in one step: readers see the old file or the
     new, never a part.  The temporary file is made O_EXCL|O_NOFOLLOW next to

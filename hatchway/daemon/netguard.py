@@ -164,12 +164,11 @@ def listen_in(pid: int, container: str, port: int, proc: str = "/proc") -> list[
                         s.bind((addr, port))
                         s.listen(64)
                         made.append(s)
-                    except OSError as e:
+                    except OSError:
                         s.close()
                         if family == socket.AF_INET:
                             raise
                         # no IPv6 loopback in the container: IPv4 alone
-                        del e
             except OSError as e:
                 failed.append(e)
         t = threading.Thread(target=inside, name="netns")
@@ -352,11 +351,7 @@ class Guard:
                             "".join(f"{p}\n" for p in sorted(self.rports)).encode(), 0o644)
 
     def _config_changed(self) -> bool:
-        try:
-            st = os.stat(self.args.config)
-            tag = (st.st_ino, st.st_size, st.st_mtime_ns)
-        except OSError:
-            tag = None
+        tag = fsutil.stat_tag(self.args.config)
         changed, self._conf_tag = tag != self._conf_tag, tag
         return changed
 

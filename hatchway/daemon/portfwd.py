@@ -38,6 +38,7 @@ import sys
 import threading
 
 from hatchway.backends import labels as L
+from hatchway.core import fsutil
 from hatchway.core import portfwd as P
 from hatchway.core.identity import user_groups
 from hatchway.core.switches import list_policy, switch_allows, switch_policy
@@ -115,8 +116,9 @@ class Relay:
     # -- config, re-read when the file changes
 
     def settings(self) -> Settings:
-        st = os.stat(self.config_path)
-        tag = (st.st_ino, st.st_size, st.st_mtime_ns)
+        tag = fsutil.stat_tag(self.config_path)
+        if tag is None:
+            raise OSError(f"{self.config_path}: cannot stat the config file")
         with self.lock:
             if tag == self._conf_tag:
                 return self._settings
@@ -134,8 +136,8 @@ class Relay:
                 return KubernetesBackend(typed)
             way = KubernetesWay(make(), fresh=make if typed.kubernetes.token_file else None)
         else:
-            return OFF      # no way in: refuse all
-        settings = Settings(policy, rpolicy, way)
+            way = None      # no way in: refuse all
+        settings = Settings(policy, rpolicy, way) if way is not None else OFF
         with self.lock:
             self._conf_tag, self._settings = tag, settings
         return settings
