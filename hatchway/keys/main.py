@@ -170,19 +170,14 @@ def decide(argv: list[str], conf: dict) -> tuple[Decision, dict]:
 
 def _groups(user: str) -> list[str] | None:
     """The names of the user's groups, or None when there is no such account."""
-    import grp
     import pwd
+
+    from hatchway.core.identity import user_groups
     try:
         pw = pwd.getpwnam(user)
     except KeyError:
         return None
-    names = []
-    for gid in os.getgrouplist(user, pw.pw_gid):
-        try:
-            names.append(grp.getgrgid(gid).gr_name)
-        except KeyError:
-            pass
-    return names
+    return user_groups(user, pw.pw_gid)
 
 
 def agent_forwarding(user: str, policy: dict) -> bool:
